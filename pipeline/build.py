@@ -1,0 +1,213 @@
+"""The build stage: source + settings + templates -> a build directory keyed by a digest of all inputs.
+
+``build(settings)`` is idempotent: the build id is computed from the inputs before anything is
+compiled, and a finished build with that id is reused. A build is made in a temporary directory next
+to its final place and renamed into place only when complete, so a failed or killed build never leaves
+a directory that looks finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pipeline
+from pipeline import render
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.images import BuildContext, ImageTarget, target_for
+from pipeline.manifest import (
+    BUILD_ID_LEN,
+    MANIFEST,
+    SCHEMA,
+    digest_of,
+    file_entries,
+    read_manifest,
+    tree_digests,
+    write_atomic,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = Path(pipeline.__file__).parent
+# The pipeline's own code that shapes build outputs: changing it must change the build id.
+BUILDER_PATTERNS = ("build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py")
+APP_PATTERNS = ("src/**/*", "include/**/*", "priv/**/*", "rebar.config")
+# Outputs listed by their target with their own digests (large disk images are not hashed twice).
+SELF_DESCRIBED_DIRS = ("disks/",)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    build_id: str
+    directory: Path
+    reused: bool
+    manifest: dict[str, Any]
+    seconds: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The build record printed by ``invoke build --json``."""
+        return {
+            "build_id": self.build_id,
+            "directory": str(self.directory),
+            "reused": self.reused,
+            "manifest": self.manifest,
+        }
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    build_id: str
+    config_digest: str
+    inputs: dict[str, Any]
+    target: ImageTarget
+
+
+def builds_dir(settings: Settings) -> Path:
+    return settings.work_dir / "builds"
+
+
+def baked_config(settings: Settings) -> dict[str, Any]:
+    """The configuration baked into the app (its sys.config), as data; its digest is the config digest."""
+    return {"app": asdict(settings.app), "env": settings.env, "target": settings.image.target}
+
+
+def plan(settings: Settings) -> BuildPlan:
+    """Collect every input of a build and derive the build id (reads files; compiles nothing)."""
+    if not (settings.app_dir / "src").is_dir():
+        raise PipelineError(
+            f"pipeline.toml: app.path: {settings.app.path}/src does not exist",
+            hint="point app.path at the app's rebar3 project directory",
+        )
+    target = target_for(settings)
+    config_digest = digest_of(baked_config(settings))
+    inputs = {
+        "schema": SCHEMA,
+        "sources": tree_digests(settings.app_dir, settings.root, APP_PATTERNS),
+        "templates": tree_digests(settings.root / "templates", settings.root, ("**/*.j2",)),
+        "builder": tree_digests(PACKAGE_DIR, PACKAGE_DIR, BUILDER_PATTERNS),
+        "recipe": target.input_files(settings),
+        "settings": {"env": settings.env, "app": asdict(settings.app), "image": asdict(settings.image)},
+        "tools": target.tool_versions(settings),
+    }
+    return BuildPlan(digest_of(inputs)[:BUILD_ID_LEN], config_digest, inputs, target)
+
+
+def find(settings: Settings) -> BuildResult:
+    """The finished build of the current inputs, for the stages after build; raise if there is none."""
+    p = plan(settings)
+    directory = builds_dir(settings) / p.build_id
+    if not (directory / MANIFEST).is_file():
+        raise PipelineError(
+            f"no build of the current sources and settings (build id {p.build_id}) for env {settings.env}",
+            hint=f"run: invoke build --env {settings.env}",
+        )
+    return BuildResult(p.build_id, directory, True, read_manifest(directory))
+
+
+def build(settings: Settings, force: bool = False) -> BuildResult:
+    """Build the app for ``settings`` or reuse the finished build of the same inputs.
+
+    Returns the build; raises :class:`PipelineError` (and removes the partial directory) on failure.
+    """
+    started = time.monotonic()
+    p = plan(settings)
+    root = builds_dir(settings)
+    final = root / p.build_id
+    if (final / MANIFEST).is_file() and not force:
+        log.info("build %s is up to date", p.build_id)
+        return BuildResult(p.build_id, final, True, read_manifest(final), time.monotonic() - started)
+
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(root)
+    tmp = root / f".tmp-{p.build_id}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        manifest = _make(settings, p, tmp)
+        if force:
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            tmp.rename(final)
+        except OSError:
+            # Another build of the same inputs finished first; its result is byte-identical to ours.
+            if not (final / MANIFEST).is_file():
+                raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return BuildResult(p.build_id, final, False, manifest, time.monotonic() - started)
+
+
+def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True)
+    app = p.target.compile(settings, out / "app")
+    context = template_context(settings, p.build_id, p.config_digest, app.version)
+    config_dir = out / "config"
+    write_atomic(
+        config_dir / "sys.config",
+        render.render(settings.root / "templates", "sys.config.j2", context).encode(),
+    )
+    ctx = BuildContext(settings, p.build_id, out, app, config_dir, context)
+    image = p.target.build_image(ctx)
+    manifest: dict[str, Any] = {
+        "schema": SCHEMA,
+        "build_id": p.build_id,
+        "pipeline_version": pipeline.__version__,
+        "env": settings.env,
+        "target": settings.image.target,
+        "app": {
+            "name": app.name,
+            "version": app.version,
+            "modules": list(app.modules),
+            "applications": list(app.applications),
+            "otp_release": app.otp_release,
+        },
+        "config_digest": p.config_digest,
+        "config": baked_config(settings),
+        "inputs": p.inputs,
+        "outputs": [e for e in file_entries(out) if not e["path"].startswith(SELF_DESCRIBED_DIRS)],
+        "image": image,
+    }
+    write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def template_context(settings: Settings, build_id: str, config_digest: str, version: str) -> dict[str, Any]:
+    """The variables every template in templates/ is rendered with."""
+    return {
+        "app": settings.app,
+        "image": settings.image,
+        "build": {
+            "id": build_id,
+            "env": settings.env,
+            "target": settings.image.target,
+            "config_digest": config_digest,
+            "version": version,
+        },
+    }
+
+
+def _remove_abandoned(root: Path) -> None:
+    """Delete temporary build directories whose builder process is gone (a killed build)."""
+    for tmp in root.glob(".tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing abandoned %s", tmp.name)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,118 @@
+#!/usr/bin/env escript
+%% Compile one OTP application from its rebar3 layout into OUT/<app>-<vsn>/ebin.
+%%
+%% Usage: escript build_app.escript APP_DIR OUT_DIR
+%%
+%% Compiles src/*.erl with the erl_opts of APP_DIR/rebar.config plus `deterministic` (no paths or
+%% times in the beams, so equal sources give equal bytes), writes <app>.app from src/<app>.app.src with
+%% the module list filled in, and prints a summary the pipeline parses, one fact per line:
+%%   app NAME VSN | applications A.. | modules M.. | nif MODULE | otp RELEASE
+%% Compiler errors are printed as FILE:LINE: message and the script exits 1.
+%%
+%% Runs on every OTP release from 17 on (the ling target compiles with OTP 17), so it uses no maps,
+%% no logger and nothing else newer than OTP 17.
+-mode(compile).
+
+main([AppDir, OutDir]) ->
+    case catch build(AppDir, OutDir) of
+        ok -> halt(0);
+        {error, Msg} ->
+            io:format(standard_error, "~s~n", [Msg]),
+            halt(1);
+        Other ->
+            io:format(standard_error, "build_app: ~p~n", [Other]),
+            halt(2)
+    end;
+main(_) ->
+    io:format(standard_error, "usage: build_app.escript APP_DIR OUT_DIR~n", []),
+    halt(2).
+
+build(AppDir, OutDir) ->
+    {Name, Props} = read_app_src(AppDir),
+    Vsn = vsn(Name, Props),
+    Ebin = filename:join([OutDir, atom_to_list(Name) ++ "-" ++ Vsn, "ebin"]),
+    ok = filelib:ensure_dir(filename:join(Ebin, "x")),
+    Opts = erl_opts(AppDir) ++
+        [deterministic, return_errors, return_warnings, {outdir, Ebin},
+         {i, filename:join(AppDir, "include")}],
+    Sources = lists:sort(filelib:wildcard(filename:join([AppDir, "src", "*.erl"]))),
+    Mods = [compile_one(Src, Opts) || Src <- Sources],
+    AppFile = filename:join(Ebin, atom_to_list(Name) ++ ".app"),
+    Props1 = lists:keystore(modules, 1, Props, {modules, Mods}),
+    ok = file:write_file(AppFile, io_lib:format("~p.~n", [{application, Name, Props1}])),
+    Apps = proplists:get_value(applications, Props, []),
+    io:format("app ~s ~s~n", [Name, Vsn]),
+    io:format("applications~s~n", [[[" ", atom_to_list(A)] || A <- Apps]]),
+    io:format("modules~s~n", [[[" ", atom_to_list(M)] || M <- Mods]]),
+    [io:format("nif ~s~n", [M]) || M <- Mods, uses_nif(filename:join(Ebin, atom_to_list(M) ++ ".beam"))],
+    io:format("otp ~s~n", [erlang:system_info(otp_release)]),
+    ok.
+
+read_app_src(AppDir) ->
+    case filelib:wildcard(filename:join([AppDir, "src", "*.app.src"])) of
+        [File] ->
+            case file:consult(File) of
+                {ok, [{application, Name, Props}]} when is_atom(Name), is_list(Props) ->
+                    {Name, Props};
+                {ok, _} ->
+                    throw({error, File ++ ": expected one {application, Name, Props} term"});
+                {error, {Line, Mod, Term}} ->
+                    throw({error, io_lib:format("~s:~p: ~s", [File, Line, Mod:format_error(Term)])});
+                {error, Reason} ->
+                    throw({error, io_lib:format("~s: ~s", [File, file:format_error(Reason)])})
+            end;
+        [] ->
+            throw({error, AppDir ++ "/src: no .app.src file"});
+        Many ->
+            throw({error, io_lib:format("~s/src: more than one .app.src file: ~p", [AppDir, Many])})
+    end.
+
+vsn(Name, Props) ->
+    case proplists:get_value(vsn, Props) of
+        V when is_list(V), V =/= [] -> V;
+        Other ->
+            throw({error, io_lib:format("~s.app.src: vsn must be a literal string, got ~p", [Name, Other])})
+    end.
+
+erl_opts(AppDir) ->
+    Config = filename:join(AppDir, "rebar.config"),
+    case filelib:is_regular(Config) of
+        false -> [];
+        true ->
+            case file:consult(Config) of
+                {ok, Terms} -> proplists:get_value(erl_opts, Terms, []);
+                {error, {Line, Mod, Term}} ->
+                    throw({error, io_lib:format("~s:~p: ~s", [Config, Line, Mod:format_error(Term)])});
+                {error, Reason} ->
+                    throw({error, io_lib:format("~s: ~s", [Config, file:format_error(Reason)])})
+            end
+    end.
+
+%% Diagnostics are printed here, with the path as given, because `deterministic` makes the compiler's
+%% own reports name only the file's basename.
+compile_one(Src, Opts) ->
+    case compile:file(Src, Opts) of
+        {ok, Mod, Warnings} ->
+            print(Src, "Warning: ", Warnings),
+            Mod;
+        {error, Errors, Warnings} ->
+            print(Src, "", Errors),
+            %% with warnings_as_errors the failure is the warnings themselves
+            print(Src, case Errors of [] -> ""; _ -> "Warning: " end, Warnings),
+            throw({error, "compilation failed: " ++ Src})
+    end.
+
+print(Src, Prefix, FileDiags) ->
+    [io:format("~s:~s: ~s~s~n", [Src, loc(Loc), Prefix, Mod:format_error(Desc)])
+     || {_File, Diags} <- FileDiags, {Loc, Mod, Desc} <- Diags],
+    ok.
+
+loc({Line, Col}) -> io_lib:format("~p:~p", [Line, Col]);
+loc(Line) when is_integer(Line) -> integer_to_list(Line);
+loc(_) -> "0".
+
+uses_nif(Beam) ->
+    case beam_lib:chunks(Beam, [imports]) of
+        {ok, {_, [{imports, Imports}]}} -> lists:member({erlang, load_nif, 2}, Imports);
+        _ -> false
+    end.

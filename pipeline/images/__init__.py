@@ -1,0 +1,59 @@
+"""Image targets: what turns a compiled app and its baked configuration into a bootable image.
+
+Both targets share the app compilation, the rendered configuration and, after the image file, the
+disk layout (``disk.py``), the AMI and the stack. A target answers three questions for the build:
+which tool versions determine its output, how the app is compiled for it, and how the image is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipeline.config import Settings
+from pipeline.erlang import CompiledApp
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything an image target needs to make its image inside a build directory."""
+
+    settings: Settings
+    build_id: str
+    out: Path  # the (temporary) build directory being filled
+    app: CompiledApp
+    config_dir: Path  # rendered configuration (sys.config, ...)
+    template_context: dict[str, Any]  # what templates/*.j2 are rendered with
+
+
+class ImageTarget(Protocol):
+    name: str
+
+    def tool_versions(self, settings: Settings) -> dict[str, str]:
+        """Versions of every tool and package that shapes the output (cheap; builds nothing)."""
+        ...
+
+    def input_files(self, settings: Settings) -> dict[str, str]:
+        """``{project-relative path: sha256}`` of target-specific inputs (recipes under ami/)."""
+        ...
+
+    def compile(self, settings: Settings, out: Path) -> CompiledApp:
+        """Compile the app with the Erlang/OTP release this target runs."""
+        ...
+
+    def build_image(self, ctx: BuildContext) -> dict[str, Any]:
+        """Make the image files under ``ctx.out``; return the manifest's ``image`` section."""
+        ...
+
+
+def target_for(settings: Settings) -> ImageTarget:
+    if settings.image.target == "ling":
+        raise ConfigError(
+            'pipeline.toml: image.target: "ling" builds are not available in this version',
+            hint='use target = "beam"',
+        )
+    from pipeline.images.beam import BeamTarget
+
+    return BeamTarget()
