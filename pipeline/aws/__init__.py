@@ -1,0 +1,1 @@
+"""AWS side of the pipeline: clients, snapshots, AMIs, the stack and the rollout."""
