@@ -168,3 +168,17 @@ def test_killed_build_leaves_no_directory_that_looks_finished(project: Path) -> 
     result = build.build(settings)
     assert not abandoned.exists()
     assert leftovers(project) == [result.build_id]
+
+
+def test_config_only_rebuild_reuses_the_compiled_app(project: Path) -> None:
+    a = build.build(config.load(project, env="dev"))
+    b = build.build(config.load(project, env="dev", overrides=["app.greeting=Other"]))
+    app_a = {e["path"]: e["sha256"] for e in a.manifest["outputs"] if e["path"].startswith("app/")}
+    app_b = {e["path"]: e["sha256"] for e in b.manifest["outputs"] if e["path"].startswith("app/")}
+    assert app_a == app_b
+    # a source change is not served from the cache
+    src = project / "apps/erlang_web/src/erlang_web_json.erl"
+    src.write_text(src.read_text() + "\n%% changed\n")
+    c = build.build(config.load(project, env="dev"))
+    assert c.manifest["inputs"]["sources"] != a.manifest["inputs"]["sources"]
+    assert c.build_id not in (a.build_id, b.build_id)
