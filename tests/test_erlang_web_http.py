@@ -50,6 +50,13 @@ def status_of(raw: bytes) -> int:
     return int(raw[9:12])
 
 
+def test_the_compiled_app_has_no_nifs_and_lists_its_runtime_dependencies(erlang_web_app: CompiledApp) -> None:
+    # image builders ship the OTP applications named here; LING cannot load NIFs
+    assert erlang_web_app.nif_modules == ()
+    assert erlang_web_app.applications == ("kernel", "stdlib", "mnesia")
+    assert erlang_web_app.version == "0.1.0"
+
+
 # -- endpoints ---------------------------------------------------------------------------------
 
 

@@ -102,7 +102,7 @@ handle_info(setup, #state{mode = Mode, dir = Dir} = State) ->
             ok = erlang_web_status:set(storage, {ready, Kind});
         {error, Reason} ->
             Text = describe(Reason),
-            error_logger:error_msg("erlang_web: counter storage failed: ~s~n", [Text]),
+            error_logger:error_msg("erlang_web: counter storage failed: ~ts~n", [Text]),
             ok = erlang_web_status:set(storage, {failed, Text})
     end,
     {noreply, State};
