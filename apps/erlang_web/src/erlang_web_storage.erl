@@ -151,7 +151,12 @@ in_use(Dir) ->
         andalso filename:absname(mnesia:system_info(directory)) =:= filename:absname(Dir).
 
 restart_in(Dir) ->
-    stopped = mnesia:stop(),
+    case mnesia:stop() of
+        stopped -> start_in(Dir);
+        {error, Reason} -> {error, {mnesia_stop, Reason}}
+    end.
+
+start_in(Dir) ->
     ok = application:set_env(mnesia, dir, Dir),
     Schema = case mnesia:create_schema([node()]) of
                  ok -> ok;
