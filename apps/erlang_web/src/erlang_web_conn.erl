@@ -9,12 +9,13 @@
 %%
 %% Timeouts:
 %% - request_timeout: a whole request (line, headers, body) must arrive within it. The clock
-%%   starts at accept for the first request, and when the request line arrives for later ones.
-%%   A later request that stalls before its request line is complete is noticed by the socket's
-%%   byte counter at the next check, so it is closed between one and two request_timeouts after
-%%   its first byte. A request that times out after some bytes arrived gets 408.
-%% - idle_timeout: how long a keep-alive connection may wait for the next request. An idle
-%%   connection is closed without a response.
+%%   starts at accept for the first request on a connection, and when the request line has
+%%   arrived for later ones. A request that times out after its request line gets 408; one that
+%%   has not completed its request line is closed without a response (the socket's parser does
+%%   not say whether part of a line is waiting).
+%% - idle_timeout: how long a keep-alive connection may wait for its next request line; then it
+%%   is closed without a response. A client that sends part of a request line and stalls is
+%%   therefore bounded by idle_timeout, like any idle connection.
 %% A malformed request gets 400 (413 for a body over max_body) and the connection is closed,
 %% because after a framing error the rest of the stream cannot be trusted.
 -module(erlang_web_conn).
@@ -37,6 +38,9 @@
 
 -record(st, {sock :: inet:socket(),
              opts :: #opts{},
+             %% whether the socket was switched to raw for a body (else it is back in
+             %% http_bin by itself after the headers' empty line)
+             raw = false :: boolean(),
              draining = false :: boolean()}).
 
 -record(req, {method :: erlang_web_http:method(),
@@ -105,43 +109,40 @@ run(reject, Sock, _Opts) ->
     close_gracefully(Sock);
 run(serve, Sock, #opts{request_timeout = RT} = Opts) ->
     St = #st{sock = Sock, opts = Opts},
+    Accepted = now_ms(),
     case inet:setopts(Sock, [{active, once}]) of
-        ok -> await(St, 0, RT, now_ms());
+        ok -> await(St, Accepted + RT, Accepted);
         {error, _} -> gen_tcp:close(Sock)
     end.
 
 %% Wait for the next request after a response on a persistent connection.
-next_request(#st{sock = Sock, opts = #opts{idle_timeout = Idle}} = St) ->
-    case inet:setopts(Sock, [{packet, http_bin}, {active, once}]) of
-        ok -> await(St, received(Sock), Idle, undefined);
+next_request(#st{sock = Sock, opts = #opts{idle_timeout = Idle}, raw = Raw} = St) ->
+    Opts = case Raw of
+               true -> [{packet, http_bin}, {active, once}];
+               false -> [{active, once}]
+           end,
+    case inet:setopts(Sock, Opts) of
+        ok -> await(St#st{raw = false}, now_ms() + Idle, undefined);
         {error, _} -> gen_tcp:close(Sock)
     end.
 
-%% Wait for a request line with the socket in {active, once}, so that a drain request is seen
-%% while idle. Base: the socket's byte count when the wait began. Left: idle time still allowed
-%% (ms). Since: when the request clock started (undefined while no byte has been seen).
-await(#st{sock = Sock, opts = #opts{request_timeout = RT}} = St, Base, Left, Since) ->
-    Wait = case Since of
-               undefined -> erlang:min(Left, RT);
-               _ -> erlang:max(0, Since + RT - now_ms())
-           end,
+%% Wait for a request line until Deadline, with the socket in {active, once} so that a drain
+%% request is seen while idle. Start: when the request clock started (at accept for the first
+%% request; for later ones it starts when the request line arrives).
+await(#st{sock = Sock, opts = #opts{request_timeout = RT}} = St, Deadline, Start) ->
     receive
         {http, Sock, {http_request, Method, Target, Version}} ->
-            Start = case Since of
-                        undefined -> now_ms();
-                        _ -> Since
-                    end,
+            Start1 = case Start of
+                         undefined -> now_ms();
+                         _ -> Start
+                     end,
             Req = #req{method = erlang_web_http:method(Method), target = Target,
-                       version = Version, deadline = Start + RT},
+                       version = Version, deadline = Start1 + RT},
             read_headers(St, Req);
         {http, Sock, {http_error, Line}} when Line =:= <<"\r\n">>; Line =:= <<"\n">> ->
-            %% RFC 7230 3.5: ignore empty lines before a request line. The request clock runs.
-            Since1 = case Since of
-                         undefined -> now_ms();
-                         _ -> Since
-                     end,
+            %% RFC 7230 3.5: ignore empty lines before a request line (the deadline stands).
             case inet:setopts(Sock, [{active, once}]) of
-                ok -> await(St, Base, Left, Since1);
+                ok -> await(St, Deadline, Start);
                 {error, _} -> gen_tcp:close(Sock)
             end;
         {http, Sock, _} ->
@@ -154,24 +155,10 @@ await(#st{sock = Sock, opts = #opts{request_timeout = RT}} = St, Base, Left, Sin
             gen_tcp:close(Sock);
         {?MODULE, drain} ->
             gen_tcp:close(Sock)
-    after Wait ->
-        Now = now_ms(),
-        Pending = received(Sock) > Base,
-        if
-            Since =/= undefined, Now >= Since + RT, Pending ->
-                error_close(St, 408, <<"request not received in time">>);
-            Since =/= undefined, Now >= Since + RT ->
-                gen_tcp:close(Sock);
-            Since =/= undefined ->
-                await(St, Base, Left, Since);
-            Pending ->
-                %% Part of a request arrived since the last check: start its clock.
-                await(St, Base, Left, Now);
-            Left - Wait =< 0 ->
-                gen_tcp:close(Sock);
-            true ->
-                await(St, Base, Left - Wait, undefined)
-        end
+    after remaining(Deadline) ->
+        %% No complete request line in time. The socket's parser does not tell whether part of
+        %% one arrived, so this is a plain close (as for an idle connection), not a 408.
+        gen_tcp:close(Sock)
     end.
 
 read_headers(#st{sock = Sock} = St, #req{deadline = Deadline, headers = N} = Req) ->
@@ -239,7 +226,7 @@ request(#st{opts = #opts{max_body = Max}} = St, #req{length = Len}, _Path)
     error_close(St, 413, <<"request body too large">>);
 request(St, #req{length = Len} = Req, Path) ->
     case read_body(St, Req, Len) of
-        {ok, Body} -> respond(St, Req, Path, Body);
+        {ok, Body} -> respond(St#st{raw = is_integer(Len) andalso Len > 0}, Req, Path, Body);
         timeout -> error_close(St, 408, <<"request not received in time">>);
         closed -> gen_tcp:close(St#st.sock)
     end.
@@ -332,13 +319,6 @@ discard(Sock, Until, Bytes) when Bytes < ?LINGER_BYTES ->
     end;
 discard(_, _, _) ->
     ok.
-
-%% Bytes the socket has taken from the network so far (0 where the counter is not available).
-received(Sock) ->
-    case inet:getstat(Sock, [recv_oct]) of
-        {ok, [{recv_oct, N}]} -> N;
-        _ -> 0
-    end.
 
 remaining(Deadline) ->
     erlang:max(0, Deadline - now_ms()).
