@@ -11,7 +11,7 @@ Remote builds:
   by default); an unknown host is refused with its fingerprint, a changed key as a possible attack;
 - run every command under ``timeout`` on the host itself (so a stuck railing is killed there, not
   just abandoned) and stream its output, line by line, with the host as a prefix;
-- work in a fresh ``mktemp -d`` directory under ``ling.remote_dir`` that is removed afterwards,
+- work in a fresh private directory (random name, mode 700) under ``ling.remote_dir``, removed afterwards,
   whether the build worked or not.
 """
 
@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shlex
 import shutil
 import socket
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -328,14 +330,30 @@ class SshHost:
         return self._shell(" ".join(parts), what=what, stream=True)
 
     def workdir(self, tag: str) -> str:
-        base = shlex.quote(self.base)
-        made = self._shell(
-            f"umask 077 && mkdir -p {base} && mktemp -d {base}/{shlex.quote(tag)}.XXXXXXXX",
-            what="mktemp",
-        ).strip()
-        if not made.startswith(self.base + "/"):
-            raise PipelineError(f"build host {self.label}: mktemp returned {made!r}", hint=SSH_HINT)
-        return made
+        # Made over SFTP (no shell round trip): the base with its missing parents, then a new
+        # directory with a random name that only this user can enter.
+        sftp = self.conn.sftp()
+        try:
+            parts = [p for p in self.base.split("/") if p]
+            for i in range(1, len(parts) + 1):
+                here = "/" + "/".join(parts[:i])
+                try:
+                    sftp.stat(here)
+                except FileNotFoundError:
+                    sftp.mkdir(here, mode=0o700)
+            for _ in range(5):
+                path = f"{self.base}/{tag}.{secrets.token_hex(6)}"
+                try:
+                    sftp.stat(path)
+                except FileNotFoundError:
+                    sftp.mkdir(path, mode=0o700)
+                    return path
+        except OSError as err:
+            raise PipelineError(
+                f"build host {self.label}: cannot make a work directory under {self.base} ({err})",
+                hint="set ling.remote_dir to a directory the build user may write",
+            ) from err
+        raise PipelineError(f"build host {self.label}: no free work directory name under {self.base}")
 
     def remove(self, path: str) -> None:
         if not path.startswith(self.base + "/") or "/../" in path:
@@ -363,15 +381,21 @@ class SshHost:
             raise ToolFailed(f"{self.label}: {src} was not made", hint=SSH_HINT) from err
 
     def download_tree(self, src: str, local_dir: Path) -> None:
-        q = shlex.quote
-        archive = f"{src.rstrip('/')}.download.tar.gz"
-        self._shell(f"tar -czf {q(archive)} -C {q(src)} .", what="pack")
-        with tempfile.TemporaryDirectory() as tmp:
-            local_archive = Path(tmp) / "download.tar.gz"
-            self.download(archive, local_archive)
-            local_dir.mkdir(parents=True, exist_ok=True)
-            with tarfile.open(local_archive) as tar:
-                tar.extractall(local_dir, filter="data")
+        sftp = self.conn.sftp()
+        local_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            entries = sftp.listdir_attr(src)
+        except FileNotFoundError as err:
+            raise ToolFailed(f"{self.label}: {src} was not made", hint=SSH_HINT) from err
+        for entry in entries:
+            name = entry.filename
+            if name in (".", "..") or "/" in name:
+                continue
+            mode = entry.st_mode or 0
+            if stat.S_ISDIR(mode):
+                self.download_tree(f"{src}/{name}", local_dir / name)
+            elif stat.S_ISREG(mode):
+                sftp.get(f"{src}/{name}", str(local_dir / name))
 
 
 def _last_line(text: str) -> str:
