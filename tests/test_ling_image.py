@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import erlang, render
-from pipeline.errors import ConfigError, ImageError
+from pipeline.errors import ImageError
 from pipeline.images import devices, elfcheck, ling
 from tests.railing_standin import RAILING
 from tests.railing_standin.projects import REPO, tiny_app
@@ -307,9 +307,10 @@ def test_ling_scratch_volume_is_lings_only_disk_and_root_is_not() -> None:
     assert devices.xen_vbd("/dev/xvdf") == devices.xen_vbd("/dev/sdf") == 51792
 
 
-def test_ling_devices_refuse_hvm_and_beam_devices_are_unchanged() -> None:
-    with pytest.raises(ConfigError, match=r"ling target boots only as a Xen PV guest"):
-        devices.scratch_device("ling", "hvm")
+def test_ling_devices_are_pv_only_and_beam_devices_are_unchanged() -> None:
+    # ling never boots as HVM (the settings refuse it): asking gives the same PV names
+    assert devices.scratch_device("ling", "hvm") == devices.scratch_device("ling", "pv")
+    assert devices.root_device("ling", "hvm") == devices.root_device("ling", "pv")
     assert devices.root_device("beam", "hvm") == "/dev/xvda"
     assert devices.root_device("beam", "pv") == "/dev/sda1"
     assert devices.scratch_device("beam", "pv") == "/dev/sdb"

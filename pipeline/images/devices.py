@@ -40,27 +40,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pipeline.errors import ConfigError
-
 Virtualization = Literal["hvm", "pv"]
 
 # LING's one disk: xenstore device/vbd/51712 = (202 << 8) | 0 = Xen's xvda.
 LING_VBD = 51712
 
 
-def _ling_pv_only(virtualization: Virtualization) -> None:
-    if virtualization != "pv":
-        raise ConfigError(
-            "pipeline.toml: deploy.virtualization: the ling target boots only as a Xen PV guest, "
-            f'got "{virtualization}"',
-            hint='use "pv" or "auto" for ling',
-        )
-
-
 def root_device(target: str, virtualization: Virtualization) -> str:
     """The AMI's root device name."""
     if target == "ling":
-        _ling_pv_only(virtualization)
+        # LING boots only as PV (the settings refuse ling with hvm), so the PV name is the only one,
+        # whichever virtualization a caller asks about.
         return "/dev/sda1"  # PV-GRUB hd0; xvda1 (51713), not LING's disk
     return "/dev/xvda" if virtualization == "hvm" else "/dev/sda1"
 
@@ -68,7 +58,6 @@ def root_device(target: str, virtualization: Virtualization) -> str:
 def scratch_device(target: str, virtualization: Virtualization) -> str:
     """The launch template's device name for the per-instance scratch volume."""
     if target == "ling":
-        _ling_pv_only(virtualization)
         return "/dev/sda"  # expected to be xvda (vbd 51712), LING's only disk: see the module notes
     return "/dev/sdb"
 
