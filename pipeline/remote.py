@@ -54,8 +54,12 @@ class Host(Protocol):
 
     label: str  # "local" or "ssh://user@host:port", for messages
 
-    def run(self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str) -> str:
-        """Run ``argv`` (``path`` is put first on PATH); return stdout. Raise ToolMissing/ToolFailed."""
+    def run(
+        self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str, quiet: bool = False
+    ) -> str:
+        """Run ``argv`` (``path`` first on PATH); return stdout. Raise ToolMissing/ToolFailed.
+
+        Output is shown as it comes (remote hosts) unless ``quiet``."""
         ...
 
     def workdir(self, tag: str) -> str:
@@ -91,7 +95,9 @@ class LocalHost:
         self.base = base
         self.timeout = timeout
 
-    def run(self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str) -> str:
+    def run(
+        self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str, quiet: bool = False
+    ) -> str:
         env = {"PATH": os.pathsep.join(p for p in (path, os.environ.get("PATH", "")) if p)}
         try:
             done = proc.run(
@@ -319,7 +325,9 @@ class SshHost:
             stderr=str(result.stderr),
         )
 
-    def run(self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str) -> str:
+    def run(
+        self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str, quiet: bool = False
+    ) -> str:
         parts = []
         if cwd:
             parts.append(f"cd {shlex.quote(cwd)} &&")
@@ -327,7 +335,7 @@ class SshHost:
             parts.append(f'PATH={shlex.quote(path)}:"$PATH"')
         limit = self.settings.command_timeout_s
         parts.append(f"timeout -k 10 {limit} {shlex.join(argv)}")
-        return self._shell(" ".join(parts), what=what, stream=True)
+        return self._shell(" ".join(parts), what=what, stream=not quiet)
 
     def workdir(self, tag: str) -> str:
         # Made over SFTP (no shell round trip): the base with its missing parents, then a new
@@ -361,17 +369,21 @@ class SshHost:
         self._shell(f"rm -rf -- {shlex.quote(path)}", what="cleanup")
 
     def upload(self, local_dir: Path, dest: str) -> None:
+        # One archive over SFTP and one unpack, instead of a round trip per file. The archive lives
+        # inside ``dest`` (itself inside a work directory), so a failed unpack leaves nothing outside.
+        sftp = self.conn.sftp()
+        try:
+            sftp.stat(dest)
+        except FileNotFoundError:
+            sftp.mkdir(dest, mode=0o700)
+        remote_archive = f"{dest}/.upload.tar.gz"
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / "upload.tar.gz"
             with tarfile.open(archive, "w:gz") as tar:
                 tar.add(local_dir, arcname=".")
-            remote_archive = f"{dest}.upload.tar.gz"
             self.conn.put(str(archive), remote=remote_archive)
         q = shlex.quote
-        self._shell(
-            f"mkdir -p {q(dest)} && tar -xzf {q(remote_archive)} -C {q(dest)} && rm -f {q(remote_archive)}",
-            what="unpack",
-        )
+        self._shell(f"tar -xzf {q(remote_archive)} -C {q(dest)} && rm -f {q(remote_archive)}", what="unpack")
 
     def download(self, src: str, local_path: Path) -> None:
         local_path.parent.mkdir(parents=True, exist_ok=True)

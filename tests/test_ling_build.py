@@ -15,6 +15,7 @@ import pytest
 
 from pipeline import build, config
 from pipeline.errors import CompileError, ImageError, PipelineError, ToolMissing
+from pipeline.images.ling import LingTarget
 from pipeline.manifest import sha256_file
 from tests.project import copy_project, invoke
 from tests.railing_standin import RAILING, make_toolchain, path_with, railing_dir, wrapper
@@ -154,6 +155,18 @@ def test_invoke_build_reports_the_toolchain_versions(
     assert "ling toolchain (local): Erlang/OTP 17" in said
     assert "railing 0.5.0-standin" in said
     assert f"build {result.build_id} is up to date" in said
+
+
+def test_relative_toolchain_paths_are_relative_to_the_project(env: Env, tmp_path: Path) -> None:
+    project = ling_project(tmp_path / "p")
+    make_toolchain(project / "toolchain" / "otp17")
+    railing_dir(project / "tools")
+    overrides = ling_settings(Path("toolchain/otp17/bin"), railing="tools/railing")
+    target = LingTarget()
+    settings = config.load(project, overrides=overrides)
+    assert target.tool_versions(settings)["otp_release"] == "17"
+    tc = target.toolchain(settings)
+    assert (tc.otp_bin, tc.railing) == (str(project / "toolchain/otp17/bin"), str(project / "tools/railing"))
 
 
 # -- refused toolchains ----------------------------------------------------------------------------

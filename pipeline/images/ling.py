@@ -18,6 +18,7 @@ A build:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -87,7 +88,7 @@ def probe(host: Host, s: LingSettings) -> LingToolchain:
     where = f"ling toolchain ({host.label})"
     erl = f"{s.otp_bin.rstrip('/')}/erl" if s.otp_bin else "erl"
     try:
-        out = host.run([erl, "-noshell", "-eval", _PROBE], path=s.otp_bin, what="erl")
+        out = host.run([erl, "-noshell", "-eval", _PROBE], path=s.otp_bin, what="erl", quiet=True)
     except ToolMissing as err:
         raise ToolMissing(f"{where}: {erl} not found; {WHY_OTP17}", hint=OTP_HINT) from err
     except ToolFailed as err:
@@ -103,7 +104,7 @@ def probe(host: Host, s: LingSettings) -> LingToolchain:
             hint=OTP_HINT,
         )
     try:
-        answer = host.run([s.railing, "-v"], path=s.otp_bin, what="railing")
+        answer = host.run([s.railing, "-v"], path=s.otp_bin, what="railing", quiet=True)
     except ToolMissing as err:
         raise ToolMissing(
             f'{where}: railing not found (ling.railing = "{s.railing}")', hint=RAILING_HINT
@@ -123,7 +124,7 @@ def probe(host: Host, s: LingSettings) -> LingToolchain:
             hint="use a railing built for Xen (LING's default ARCH=xen)",
         )
     try:
-        ld = host.run(["ld", "--version"], path=s.otp_bin, what="ld").strip().splitlines()[0]
+        ld = host.run(["ld", "--version"], path=s.otp_bin, what="ld", quiet=True).strip().splitlines()[0]
     except ToolMissing as err:
         raise ToolMissing(
             f"{where}: ld (GNU binutils) not found; railing links the image with it",
@@ -152,7 +153,7 @@ class LingTarget:
         s = settings.ling
         if s not in self._probed:
             with open_host(s, _local_base(settings)) as host:
-                self._probed[s] = probe(host, s)
+                self._probed[s] = probe(host, _local_paths(settings))
             tc = self._probed[s]
             ui.say(
                 f"ling toolchain ({tc.where}): Erlang/OTP {tc.otp_version} (erts {tc.erts_version}), "
@@ -384,6 +385,24 @@ def _copy_sources(app_dir: Path, dest: Path) -> None:
             shutil.copytree(app_dir / name, dest / name)
     if (app_dir / "rebar.config").is_file():
         shutil.copy2(app_dir / "rebar.config", dest / "rebar.config")
+
+
+def _local_paths(settings: Settings) -> LingSettings:
+    """For a local toolchain, relative ``otp_bin``/``railing`` paths are relative to the project root
+    (railing runs in a staging directory, where they would not resolve); ``~`` is expanded."""
+    s = settings.ling
+    if s.toolchain != "local":
+        return s
+
+    def fix(value: str) -> str:
+        path = Path(value).expanduser()
+        return str(path if path.is_absolute() else settings.root / path)
+
+    return dataclasses.replace(
+        s,
+        otp_bin=fix(s.otp_bin) if s.otp_bin else "",  # "" = erl from PATH
+        railing=fix(s.railing) if "/" in s.railing else s.railing,  # a bare name is found on PATH
+    )
 
 
 def _local_base(settings: Settings, create: bool = False) -> Path:
