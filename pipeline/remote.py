@@ -226,15 +226,18 @@ class SshHost:
     def open(self) -> None:
         try:
             self.conn.open()
-        except BaseException as err:
+        except Exception as err:
             self.close()
             raise self._connect_error(err) from err
+        except BaseException:
+            self.close()
+            raise
         ui.say(f"ling: connected to build host {self.label}")
 
     def close(self) -> None:
         self.conn.close()
 
-    def _connect_error(self, err: BaseException) -> BaseException:
+    def _connect_error(self, err: Exception) -> PipelineError:
         where = f"build host {self.label}"
         t = self.target
         if isinstance(err, _UnknownHostKey):
@@ -283,7 +286,7 @@ class SshHost:
             return PipelineError(f"{where}: cannot connect ({err.strerror or err})", hint=SSH_HINT)
         if isinstance(err, paramiko.SSHException):
             return PipelineError(f"{where}: SSH failed ({err})", hint=SSH_HINT)
-        return err
+        return PipelineError(f"{where}: cannot connect ({type(err).__name__}: {err})", hint=SSH_HINT)
 
     # -- operations ----------------------------------------------------------------------------------
 

@@ -176,6 +176,20 @@ def test_refused_key_is_one_clear_line(sshd: Sshd, tmp_path: Path) -> None:
     assert leftovers(project) == [] and remote_leftovers(sshd) == []
 
 
+def test_passphrase_protected_key_is_one_clear_line(sshd: Sshd, tmp_path: Path) -> None:
+    project = ling_project(tmp_path / "p")
+    locked = tmp_path / "locked_key"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "s3cret", "-C", "", "-f", str(locked)], check=True
+    )
+    overrides = sshd.settings(**{"ling.key_file": f'"{locked}"'})
+    with pytest.raises(
+        PipelineError, match=r"key file .*locked_key\" is protected by a passphrase .*ssh-agent"
+    ):
+        build.build(config.load(project, overrides=overrides))
+    assert leftovers(project) == []
+
+
 def test_unknown_host_key_is_refused_with_its_fingerprint(sshd: Sshd, tmp_path: Path) -> None:
     project = ling_project(tmp_path / "p")
     empty = tmp_path / "known_hosts"

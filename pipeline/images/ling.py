@@ -44,8 +44,8 @@ WHY_OTP17 = (
     "LING runs only OTP 17 code: railing translates OTP 17 beams into LING's code and embeds "
     "OTP 17's kernel and stdlib"
 )
-OTP_HINT = "set ling.otp_bin to the bin directory of an Erlang/OTP 17 installation on the build host"
-RAILING_HINT = "install LING's railing escript on the build host and set ling.railing to its path"
+OTP_HINT = "set ling.otp_bin to the bin directory of an Erlang/OTP 17 installation (on the build host)"
+RAILING_HINT = "install LING's railing escript where the toolchain runs and set ling.railing to its path"
 
 # Prints "<otp_release> <erts version> <full OTP version or ->"; runs on every release from 17 on.
 _PROBE = (

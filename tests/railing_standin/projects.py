@@ -26,7 +26,7 @@ start(_Type, _Args) -> {ok, spawn(fun() -> receive stop -> ok end end)}.
 stop(_State) -> ok.
 """
 
-HELPER_MODULE = """-module(NAME_util).
+UTIL_MODULE = """-module(NAME_util).
 -export([greeting/0]).
 greeting() -> {ok, G} = application:get_env(NAME, greeting), G.
 """
@@ -51,10 +51,10 @@ def tiny_app(
     src.mkdir(parents=True, exist_ok=True)
     (src / f"{name}.app.src").write_text(APP_SRC.replace("NAME", name))
     (src / f"{name}_app.erl").write_text(APP_MODULE.replace("NAME", name))
-    helper = HELPER_MODULE.replace("NAME", name)
+    util = UTIL_MODULE.replace("NAME", name)
     if broken:
-        helper = helper.replace("G.\n", "G\n")  # a syntax error on line 3
-    (src / f"{name}_util.erl").write_text(helper)
+        util = util.replace("G.\n", "G\n")  # a syntax error on line 3
+    (src / f"{name}_util.erl").write_text(util)
     if nif:
         (src / f"{name}_nif.erl").write_text(NIF_MODULE.replace("NAME", name))
     for i in range(priv_dirs):
