@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import InterpSegment
 
 from pipeline import render
 from pipeline.errors import ImageError, ToolFailed
@@ -82,7 +83,11 @@ def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> TestHos
     cache = cache or cache_dir()
     template = root / "templates" / LOADER_TEMPLATE
     key = digest_of(
-        {"format": FORMAT, "recipe": recipe.digest, "loader": sha256_file(template) if template.is_file() else ""}
+        {
+            "format": FORMAT,
+            "recipe": recipe.digest,
+            "loader": sha256_file(template) if template.is_file() else "",
+        }
     )[:16]
     final = cache / "xen" / key
     if (final / "host.json").is_file():
@@ -165,7 +170,9 @@ def _make(root: Path, recipe: XenRecipe, roots: dict[str, Path], out: Path) -> d
     vmlinuz = sorted((kroot / "boot").glob("vmlinuz-*"))
     moddirs = sorted((kroot / "lib" / "modules").glob("*"))
     if len(vmlinuz) != 1 or len(moddirs) != 1:
-        raise ImageError(f"ami/xen.toml: dom0.kernel_package: {recipe.dom0.kernel_package} is not a kernel package")
+        raise ImageError(
+            f"ami/xen.toml: dom0.kernel_package: {recipe.dom0.kernel_package} is not a kernel package"
+        )
     (out / "dom0.elf").write_bytes(pvkernel.vmlinux(vmlinuz[0].read_bytes()))
 
     order = [p for p in recipe.packages if p != recipe.dom0.kernel_package]
@@ -177,7 +184,7 @@ def _make(root: Path, recipe: XenRecipe, roots: dict[str, Path], out: Path) -> d
     (out / "dom0.cpio").write_bytes(cpio(stage))
     shutil.rmtree(stage)
 
-    grub_version = recipe.packages["grub-xen-bin"] if "grub-xen-bin" in recipe.packages else "?"
+    grub_version = recipe.packages.get("grub-xen-bin", "?")
     _make_loader(root, recipe, roots, grub_version, out)
     return {
         "packages": recipe.packages,
@@ -236,11 +243,11 @@ def _elf_needs(path: Path, rel: str) -> tuple[list[str], str | None]:
             elf = ELFFile(f)
             interp = None
             for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_INTERP":
+                if isinstance(seg, InterpSegment):
                     interp = seg.get_interp_name()
             dynamic = elf.get_section_by_name(".dynamic")
             needed = (
-                [t.needed for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+                [str(t.needed) for t in dynamic.iter_tags() if t.entry.d_tag == "DT_NEEDED"]  # type: ignore[attr-defined]
                 if isinstance(dynamic, DynamicSection)
                 else []
             )

@@ -63,9 +63,11 @@ def parse(text: str, where: str = "menu.lst") -> MenuLst:
             return
         line = int(str(current["line"]))
         if "root" not in current:
-            raise ImageError(f"{where}:{line}: entry {current['title']!r} has no root line", hint=SUBSET_HINT)
+            raise ImageError(f"{where}:{line}: entry {current['title']!r} has no root", hint=SUBSET_HINT)
         if "kernel" not in current:
-            raise ImageError(f"{where}:{line}: entry {current['title']!r} has no kernel line", hint=SUBSET_HINT)
+            raise ImageError(
+                f"{where}:{line}: entry {current['title']!r} has no kernel line", hint=SUBSET_HINT
+            )
         root = current["root"]
         entries.append(
             Entry(
@@ -82,7 +84,7 @@ def parse(text: str, where: str = "menu.lst") -> MenuLst:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        word, rest = (line.split(None, 1) + [""])[:2]
+        word, rest = ([*line.split(None, 1), ""])[:2]
         rest = rest.strip()
         at = f"{where}:{number}: {line!r}"
         if word not in KEYWORDS:
@@ -115,7 +117,7 @@ def parse(text: str, where: str = "menu.lst") -> MenuLst:
                 )
             current["root"] = int(m.group(1)) if m.group(1) is not None else "whole disk"
         elif word == "kernel":
-            path, args = (rest.split(None, 1) + [""])[:2]
+            path, args = ([*rest.split(None, 1), ""])[:2]
             current["kernel"] = _path(path, at)
             current["args"] = args.strip()
             if len(current["args"]) > XEN_CMDLINE_MAX:  # type: ignore[arg-type]
@@ -127,7 +129,7 @@ def parse(text: str, where: str = "menu.lst") -> MenuLst:
         else:  # initrd
             if "kernel" not in current:
                 raise ImageError(f"{at}: initrd before kernel (GRUB 0.97 refuses it)", hint=SUBSET_HINT)
-            path, extra = (rest.split(None, 1) + [""])[:2]
+            path, extra = ([*rest.split(None, 1), ""])[:2]
             if extra.strip():
                 raise ImageError(f"{at}: initrd takes one path", hint=SUBSET_HINT)
             current["initrd"] = _path(path, at)

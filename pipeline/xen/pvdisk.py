@@ -94,7 +94,9 @@ def _check_entry(path: Path, filesystems: dict[int | None, int], where: str, men
     root = device(entry.partition)
     at = f"{name}:{where}:{entry.line}"
     if entry.partition not in filesystems:
-        raise ImageError(f"{at}: root {root} holds no ext file system", hint="point root at the boot file system")
+        raise ImageError(
+            f"{at}: root {root} holds no ext file system", hint="point root at the boot file system"
+        )
     offset = filesystems[entry.partition]
     kernel = _read(path, offset, entry.kernel)
     if kernel is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.segments import NoteSegment
 
 ELF_MAGIC = b"\x7fELF"
 _XZ = b"\xfd7zXZ\x00"
@@ -131,7 +132,7 @@ def _decompress(kind: str, data: bytes, what: str) -> bytes:
 
 def _has_xen_notes(f: ELFFile) -> bool:
     for segment in f.iter_segments():
-        if segment["p_type"] == "PT_NOTE":
+        if isinstance(segment, NoteSegment):
             for note in segment.iter_notes():
                 if note["n_name"] == "Xen":
                     return True
