@@ -219,10 +219,11 @@ class XenMachine:
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         for raw in self._proc.stdout:
-            text = _ANSI.sub("", raw.decode("utf-8", errors="replace").replace("\r", "\n"))
-            for piece in text.split("\n"):
-                if piece.strip():
-                    self._add(piece.rstrip())
+            # Carriage returns and escape sequences (GRUB's menu drawing) are dropped, not split on:
+            # dom0 prefixes each guest line once, at its start.
+            text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).strip()
+            if text:
+                self._add(text)
         with self._cond:
             self._cond.notify_all()
 
