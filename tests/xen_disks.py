@@ -21,6 +21,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "fixture: init, guest type $(cat /sys/hypervisor/guest_type 2>/dev/null)"
+# Xen's shutdown request makes the kernel run poweroff_cmd; power off at once.
+printf '#!/bin/sh\necho "fixture: shutdown requested"\nexec poweroff -f\n' > /poweroff.sh
+chmod 755 /poweroff.sh
+echo /poweroff.sh > /proc/sys/kernel/poweroff_cmd
 insmod /xen-netfront.ko
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -e /sys/class/net/eth0 ] && break; sleep 1; done
 ip link set lo up
