@@ -140,9 +140,9 @@ def test_broken_disk_fails_loudly_and_fast(
     excerpt = "\n".join(err.value.excerpt)
     for text in expected:
         assert text in excerpt, excerpt
-    assert "pvgrub: FAIL" in str(err.value)  # the one-line error carries the loader's report
+    assert expected[0] in str(err.value)  # the one-line error carries the loader's or GRUB's report
     assert time.monotonic() - started < 90  # the loader reports in seconds, not at a timeout
-    check.wait_gone(machine, name, 60)  # and the loader halted the domain itself
+    check.wait_gone(machine, name, 60)  # halted by the loader, or destroyed by the harness
 
 
 def test_ling_pv_disk_is_loaded_and_entered(env: Env, machine: XenMachine) -> None:

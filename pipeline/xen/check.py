@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 PROBE_PATHS = ("/health", "/version")
-_LOADER_FAIL = r"^pvgrub: FAIL"  # the loader's own report; GRUB's "error: ..." line comes before it
+# The loader's own report (no menu.lst), and GRUB's when the boot entry fails (no such file, not a Xen
+# kernel): GRUB then waits at its menu, as GRUB 0.97 does, so its error line is the failure.
+_LOADER_FAIL = r"^pvgrub: FAIL|^error: |^\s*Failed to boot both default and fallback entries"
 
 
 @dataclass
@@ -202,15 +204,19 @@ def boot_guest(machine: XenMachine, name: str, disk: Path, timer: Timer) -> Gues
         excerpt_source=None,
     )
     timer.lap("create", f"xl create guest {name}")
-    _j, m = machine.wait_for(
-        r"^pvgrub: found (\S+)",
-        r.timeouts.loader,
-        f"the loader found no menu.lst on {disk.name}",
-        source=f"g{name}",
-        start=i,
-        fail=_LOADER_FAIL + rf"|^xencheck: gone {name}",
-        excerpt_source=f"g{name}",
-    )
+    try:
+        _, m = machine.wait_for(
+            r"^pvgrub: found (\S+)",
+            r.timeouts.loader,
+            f"the loader found no menu.lst on {disk.name}",
+            source=f"g{name}",
+            start=i,
+            fail=_LOADER_FAIL + rf"|^xencheck: gone {name}",
+            excerpt_source=f"g{name}",
+        )
+    except XenCheckFailed:
+        machine.send(f"destroy {name}")
+        raise
     timer.lap("loader", f"found {m.group(1)}")
     return GuestResult(disk=disk, loader=m.group(0))
 
@@ -225,6 +231,7 @@ def probe(machine: XenMachine, name: str, timeout: float, timer: Timer) -> list[
     while True:
         for line in machine.lines[mark:]:
             if (line.source in ("dom0", f"g{name}")) and gone.search(line.text):
+                machine.send(f"destroy {name}")
                 raise XenCheckFailed(
                     f"xen: guest {name} stopped before the app answered: {line.text}",
                     machine.excerpt(f"g{name}"),
