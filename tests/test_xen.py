@@ -35,7 +35,7 @@ FIXTURE_VERSION = "fixture-guest-1"
 class Env:
     settings: config.Settings
     recipe: recipe.XenRecipe
-    host: xenhost.TestHost
+    host: xenhost.PreparedHost
     disks: dict[str, Path]  # guest name (a, b, ...) -> disk
     ling: build.BuildResult
 

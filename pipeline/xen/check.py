@@ -68,7 +68,7 @@ class GuestResult:
 class CheckResult:
     disk: Path
     inspected: pvdisk.PvDisk | None
-    host: xenhost.TestHost
+    host: xenhost.PreparedHost
     guest: GuestResult
     phases: list[Phase]
     console: Path
@@ -156,7 +156,7 @@ def check(
 def session(
     settings: Settings,
     r: recipe.XenRecipe,
-    test_host: xenhost.TestHost,
+    test_host: xenhost.PreparedHost,
     disks: Sequence[Path],
     timer: Timer,
 ) -> Iterator[XenMachine]:

@@ -54,7 +54,7 @@ PIN_HINT = "add the Debian package that holds it to [packages] in ami/xen.toml"
 
 
 @dataclass(frozen=True)
-class TestHost:
+class PreparedHost:
     """A prepared test host: the files QEMU boots and what they were made of."""
 
     directory: Path
@@ -66,9 +66,9 @@ class TestHost:
 
     @property
     def modules(self) -> list[str]:
-        mods = self.record["modules"]
-        assert isinstance(mods, list)
-        return [str(m) for m in mods]
+        """dom0's kernel modules in load order (dependencies first)."""
+        mods = self.record.get("modules")
+        return [str(m) for m in mods] if isinstance(mods, list) else []
 
 
 def cache_dir(env: dict[str, str] | None = None) -> Path:
@@ -78,7 +78,7 @@ def cache_dir(env: dict[str, str] | None = None) -> Path:
     return Path(base) / CACHE_NAME
 
 
-def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> TestHost:
+def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> PreparedHost:
     """The test host for ``recipe``: reused from the cache, else made (downloading what is missing)."""
     cache = cache or cache_dir()
     template = root / "templates" / LOADER_TEMPLATE
@@ -108,9 +108,9 @@ def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> TestHos
     return _host(final)
 
 
-def _host(d: Path) -> TestHost:
+def _host(d: Path) -> PreparedHost:
     record = json.loads((d / "host.json").read_text())
-    return TestHost(d, d / "xen.elf", d / "dom0.elf", d / "dom0.cpio", d / "pvgrub.bin", record)
+    return PreparedHost(d, d / "xen.elf", d / "dom0.elf", d / "dom0.cpio", d / "pvgrub.bin", record)
 
 
 # -- Debian packages -----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import IO
 from pipeline import render
 from pipeline.errors import PipelineError
 from pipeline.proc import which
-from pipeline.xen.host import TestHost, cpio
+from pipeline.xen.host import PreparedHost, cpio
 from pipeline.xen.recipe import XenRecipe
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class XenMachine:
 
     def __init__(
         self,
-        host: TestHost,
+        host: PreparedHost,
         recipe: XenRecipe,
         templates: Path,
         disks: Sequence[Path],
@@ -217,8 +217,10 @@ class XenMachine:
     # -- console ---------------------------------------------------------------------------------------
 
     def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for raw in self._proc.stdout:
+        stdout = self._proc.stdout if self._proc is not None else None
+        if stdout is None:
+            return
+        for raw in stdout:
             # Carriage returns and escape sequences (GRUB's menu drawing) are dropped, not split on:
             # dom0 prefixes each guest line once, at its start.
             text = _ANSI.sub("", raw.decode("utf-8", errors="replace")).strip()
