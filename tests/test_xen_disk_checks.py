@@ -16,7 +16,7 @@ import pytest
 from pipeline.errors import ConfigError, ImageError
 from pipeline.images import disk as shared_disk
 from pipeline.xen import menulst, pvdisk, pvkernel, recipe
-from tests.project import REPO
+from tests.project import REPO, copy_project, invoke
 from tests.xen_disks import ext2_disk, menu_lst
 
 XEN_NOTE_ASM = """
@@ -342,3 +342,25 @@ def test_bad_recipe_values_name_the_key(tmp_path: Path, old: str, new: str, mess
     with pytest.raises(ConfigError, match=message) as err:
         recipe.load(tmp_path)
     assert "\n" not in str(err.value)
+
+
+# -- the task ------------------------------------------------------------------------------------------
+
+
+def test_xen_check_task_refuses_a_bad_disk_in_one_line_before_booting(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    disk = ext2_disk(tmp_path / "no-menu.img", {"/boot/vmlinuz": b"not a kernel"}, size_mb=8)
+    done = invoke(project, "xen.check", "--disk", str(disk), timeout=120)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no-menu.img: no menu.lst in any place PV-GRUB looks ((hd0)/boot/grub,")
+    assert "(hint: write /boot/grub/menu.lst on the disk's file system)" in last
+    assert not (project / ".pipeline" / "xen").exists() or not list((project / ".pipeline" / "xen").iterdir())
+
+
+def test_xen_check_task_without_a_build_says_how_to_make_one(tmp_path: Path) -> None:
+    project = copy_project(tmp_path / "project")
+    done = invoke(project, "xen.check", timeout=120)
+    assert done.returncode == 1
+    assert "error: no build of the current sources and settings" in done.stderr
+    assert "(hint: run: invoke build --env dev)" in done.stderr
