@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import shutil
 import tempfile
 import time
 import urllib.error
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 PROBE_PATHS = ("/health", "/version")
+KEEP_RUNS = 10  # console logs of the last runs kept under .pipeline/xen/
 # The loader's own report (no menu.lst), and GRUB's when the boot entry fails (no such file, not a Xen
 # kernel): GRUB then waits at its menu, as GRUB 0.97 does, so its error line is the failure.
 _LOADER_FAIL = r"^pvgrub: FAIL|^error: |^\s*Failed to boot both default and fallback entries"
@@ -171,17 +173,30 @@ def session(
         guest_memory_mb=settings.image.memory_mb,
         guest_port=settings.app.port,
     )
-    with machine:
-        t = r.timeouts.toolstack
-        i, _ = machine.wait_for(r"Building a PV Dom0", t, "Xen did not start dom0", source="xen")
-        timer.lap("xen", "hypervisor up, building dom0")
-        i, _ = machine.wait_for(r"^xencheck: dom0 init", t, "dom0 did not start", start=i)
-        timer.lap("dom0 kernel", "dom0 Linux up, /init running")
-        machine.wait_for(
-            r"^xencheck: ready", t, "dom0's toolstack did not start", start=i, fail=r"^xencheck: error"
-        )
-        timer.lap("toolstack", "xenstored, xenconsoled, bridge")
-        yield machine
+    try:
+        with machine:
+            t = r.timeouts.toolstack
+            i, _ = machine.wait_for(r"Building a PV Dom0", t, "Xen did not start dom0", source="xen")
+            timer.lap("xen", "hypervisor up, building dom0")
+            i, _ = machine.wait_for(r"^xencheck: dom0 init", t, "dom0 did not start", start=i)
+            timer.lap("dom0 kernel", "dom0 Linux up, /init running")
+            machine.wait_for(
+                r"^xencheck: ready", t, "dom0's toolstack did not start", start=i, fail=r"^xencheck: error"
+            )
+            timer.lap("toolstack", "xenstored, xenconsoled, bridge")
+            yield machine
+    finally:
+        # Keep the console log; the run's copy of the dom0 initramfs is rebuilt at every run.
+        (run_dir / "dom0.cpio").unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "overlay", ignore_errors=True)
+        _prune(run_dir.parent, keep=KEEP_RUNS)
+
+
+def _prune(runs: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` run directories (each holds a console log)."""
+    old = sorted(runs.glob("run-*"), key=lambda p: p.stat().st_mtime)[:-keep]
+    for d in old:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _runs_dir(settings: Settings) -> Path:
@@ -221,7 +236,13 @@ def boot_guest(machine: XenMachine, name: str, disk: Path, timer: Timer) -> Gues
     return GuestResult(disk=disk, loader=m.group(0))
 
 
-def probe(machine: XenMachine, name: str, timeout: float, timer: Timer) -> list[Response]:
+def probe(
+    machine: XenMachine,
+    name: str,
+    timeout: float,
+    timer: Timer,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Response]:
     """GET each of :data:`PROBE_PATHS` once the app answers /health with 200; fail if the guest dies."""
     base = f"http://127.0.0.1:{machine.http_port}"
     deadline = machine.clock() + timeout
@@ -249,7 +270,7 @@ def probe(machine: XenMachine, name: str, timeout: float, timer: Timer) -> list[
                 machine.excerpt(f"g{name}"),
                 hint=f"full console: {machine.run_dir / 'console.log'}",
             )
-        time.sleep(1.0)
+        sleep(1.0)
     timer.lap("boot", f"GET {PROBE_PATHS[0]} answered 200")
     responses = []
     for path in PROBE_PATHS:
