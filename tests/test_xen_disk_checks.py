@@ -169,6 +169,18 @@ def test_kernels_without_xen_support_are_not_pv(kernels: dict[str, Path], name: 
         pvkernel.inspect(kernels[name].read_bytes())
 
 
+def test_a_kernel_compressed_in_a_way_pv_grub_cannot_read_is_refused(kernels: dict[str, Path]) -> None:
+    """Debian's cloud kernel is an LZ4 bzImage: Xen-capable, but PV-GRUB cannot decompress it."""
+    data = bytearray(bzimage(kernels["notes"].read_bytes()))
+    start = 2 * 512
+    data[start : start + 4] = b"\x02\x21\x4c\x18"  # the payload now starts like the kernel's LZ4 format
+    with pytest.raises(
+        pvkernel.NotPvKernel, match="bzImage payload is lz4-compressed; PV-GRUB reads gzip"
+    ) as err:
+        pvkernel.inspect(bytes(data))
+    assert "its ELF (a bzImage's payload, decompressed), plain or gzip/xz-compressed" in err.value.hint
+
+
 def test_non_kernels_and_32_bit_kernels_are_not_pv(tmp_path: Path) -> None:
     with pytest.raises(
         pvkernel.NotPvKernel, match="neither an ELF file, a compressed ELF file nor a Linux bzImage"

@@ -109,7 +109,7 @@ def _check_entry(path: Path, filesystems: dict[int | None, int], where: str, men
     except pvkernel.NotPvKernel as err:
         raise ImageError(
             f"{at}: kernel {entry.kernel} is not a Xen PV kernel: {err}",
-            hint="PV instances boot only kernels built for Xen PV (Linux with CONFIG_XEN_PV, LING)",
+            hint=err.hint,
         ) from err
     initrd_size = None
     if entry.initrd is not None:

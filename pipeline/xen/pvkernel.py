@@ -41,8 +41,19 @@ class PvKernel:
     xen: str  # "elf notes" or "__xen_guest"
 
 
+PV_HINT = "PV instances boot only kernels built for Xen PV (Linux with CONFIG_XEN_PV, LING)"
+PACKING_HINT = (
+    "put the kernel on the disk in a form PV-GRUB reads: its ELF (a bzImage's payload, decompressed), "
+    "plain or gzip/xz-compressed"
+)
+
+
 class NotPvKernel(ValueError):
-    """The file is not a 64-bit Xen PV kernel; ``str()`` says why in one phrase."""
+    """The file is not a 64-bit Xen PV kernel PV-GRUB can load; ``str()`` says why in one phrase."""
+
+    def __init__(self, message: str, hint: str = PV_HINT) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 def inspect(data: bytes) -> PvKernel:
@@ -126,7 +137,8 @@ def _decompress(kind: str, data: bytes, what: str) -> bytes:
         raise NotPvKernel(f"{what}: corrupt {kind} data ({err})") from err
     raise NotPvKernel(
         f"{what} is {kind}-compressed; PV-GRUB reads gzip, bzip2, xz and lzo kernels"
-        + (" (lzo kernels cannot be checked here)" if kind == "lzo" else "")
+        + (" (lzo kernels cannot be checked here)" if kind == "lzo" else ""),
+        hint=PACKING_HINT,
     )
 
 
