@@ -109,6 +109,84 @@ def _report_build(result: Any) -> None:
         )
 
 
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "dry_run": "show what would be uploaded, registered and copied; change nothing",
+    },
+)
+def ami(c: Context, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False) -> None:
+    """Upload the current build's disk as an EBS snapshot and register it as an AMI. Safe to re-run."""
+    from pipeline import build as builder
+    from pipeline.aws import ami as images
+    from pipeline.aws import session
+
+    with failures():
+        s = load(env, set_)
+        clients = session.clients(s)
+        ui.say(f"AWS: {clients.describe()}")
+        result = images.publish(s, clients, builder.find(s), dry_run=dry_run)
+        _report_ami(result)
+        ui.result(result.record())
+
+
+def _report_ami(result: Any) -> None:
+    verb = "would" if result.dry_run else "did"
+    ui.table(
+        f"ami {result.name} ({verb})",
+        ["region", "what"],
+        [(region, action) for region, action in result.actions],
+    )
+    for region, image in sorted(result.images.items()):
+        ui.done(f"{region}: {image.image_id} ({image.state})")
+
+
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "yes": "remove what the table lists (without it, gc only shows what would go)",
+        "keep": "images to keep per target and virtualization (default: ami.keep)",
+        "grace_minutes": "leave snapshots younger than this alone (default 120)",
+    },
+)
+def gc(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    keep: int | None = None,
+    grace_minutes: int | None = None,
+) -> None:
+    """Remove old AMIs and snapshots of this app and env; keeps the newest and those stacks use."""
+    from datetime import timedelta
+
+    from pipeline.aws import gc as collector
+    from pipeline.aws import session
+
+    with failures():
+        s = load(env, set_)
+        clients = session.clients(s)
+        ui.say(f"AWS: {clients.describe()}")
+        grace = collector.GRACE if grace_minutes is None else timedelta(minutes=grace_minutes)
+        p = collector.plan(clients, s, keep=keep, grace=grace)
+        columns = ["region", "kind", "id", "build", "created", "why it goes"]
+        title = "gc: removing" if yes else "gc: would remove (dry run; --yes to remove)"
+        if p.removals:
+            ui.table(title, columns, p.rows())
+        else:
+            ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
+        if not yes:
+            return
+        failed = collector.apply(clients, s, p)
+        for removal, why in failed:
+            ui.warn(f"{removal.region} {removal.kind} {removal.resource_id}: {why}")
+        if failed:
+            raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
+        ui.done(f"gc: removed {len(p.removals)}")
+
+
 @task(iterable=["set_"], help=COMMON_HELP)
 def settings(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
     """Print the effective settings of an environment (after overlays and --set)."""
@@ -132,4 +210,22 @@ def test(c: Context, fast: bool = False) -> None:
         step()
 
 
-ns = Collection(build, settings, test)
+@task(name="down", help={"wipe": "also forget the local AWS's state (its journal of requests)"})
+def local_down(c: Context, wipe: bool = False) -> None:
+    """Stop the embedded local AWS of this checkout (its state is kept unless --wipe)."""
+    from pipeline.local import server
+
+    with failures():
+        s = load(None, None)
+        was = server.stop(s, wipe=wipe)
+        ui.done(
+            ("stopped the local AWS" if was else "the local AWS was not running")
+            + (", state wiped" if wipe else "")
+        )
+
+
+local = Collection("local")
+local.add_task(local_down)
+
+ns = Collection(build, ami, gc, settings, test)
+ns.add_collection(local)

@@ -30,6 +30,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -235,17 +236,20 @@ def _local_block_map(builds_dir: Path, build_id: str, disk_name: str, sha256: st
         manifest = read_manifest(directory)
         for disk in manifest.get("image", {}).get("disks", []):
             if disk.get("name") == disk_name and disk.get("sha256") == sha256:
-                return BlockMap.from_json(_read_json(directory / disk["blocks_file"]))
-    except (OSError, ValueError, KeyError) as err:
+                return read_block_map(directory / disk["blocks_file"])
+    except (OSError, ValueError, KeyError, ImageError) as err:
         log.warning("block map of build %s unreadable (%s); uploading in full", build_id, err)
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    import json
-
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
+def read_block_map(path: Path) -> BlockMap:
+    """A block map file written by the build (``<image>.blocks.json``)."""
+    try:
+        return BlockMap.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError) as err:
+        raise ImageError(
+            f"{path}: not a readable block map ({err})", hint="rebuild: invoke build --force"
+        ) from err
 
 
 def describe_snapshots(ec2: EC2Client, tags: Mapping[str, str]) -> list[SnapshotTypeDef]:
@@ -291,7 +295,7 @@ class Uploader:
     clock: Callable[[], float] = time.monotonic
     sent_blocks: int = field(default=0, init=False)
     _count_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _advance: Callable[[], None] = field(default=lambda: None, init=False, repr=False)
+    _advance: Callable[[], None] = field(default_factory=lambda: _nothing, init=False, repr=False)
 
     def ensure(self, p: UploadPlan, identity: Mapping[str, str]) -> SnapshotResult:
         """The snapshot of ``p.image``: an existing complete one, a resumed one, or a new upload."""
