@@ -121,7 +121,7 @@ class LocalAws:
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 200
 
     def settings(self, *overrides: str, env: str = "dev") -> config.Settings:
