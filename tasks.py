@@ -178,6 +178,7 @@ def gc(
         else:
             ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
         if not yes:
+            ui.result(p.record(applied=False))
             return
         failed = collector.apply(clients, s, p)
         for removal, why in failed:
@@ -185,6 +186,7 @@ def gc(
         if failed:
             raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
         ui.done(f"gc: removed {len(p.removals)}")
+        ui.result(p.record(applied=True))
 
 
 @task(iterable=["set_"], help=COMMON_HELP)

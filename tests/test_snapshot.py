@@ -182,7 +182,7 @@ def test_without_the_parent_build_on_this_machine_the_upload_is_full(aws: LocalA
 
 
 def test_an_existing_complete_snapshot_of_the_same_image_is_reused(aws: LocalAws) -> None:
-    build = make_build(aws.builds, seed="reuse")
+    build = make_build(aws.builds)
     clients = aws.clients()
     first = upload(aws, build, clients)
     rec = Recorder()
@@ -209,7 +209,7 @@ def test_a_changed_image_file_is_refused_before_its_block_is_sent(aws: LocalAws)
 def test_a_second_upload_of_the_same_image_on_this_machine_is_refused(aws: LocalAws, tmp_path: Path) -> None:
     from pipeline.errors import PipelineError
 
-    build = make_build(aws.builds, seed="locked")
+    build = make_build(aws.builds)
     d = build.disk("hvm-uefi")
     with snap.upload_lock(aws.root / ".pipeline" / "uploads", d["sha256"]):
         assert snap.upload_running(aws.root / ".pipeline" / "uploads", d["sha256"])
@@ -223,7 +223,7 @@ def test_throttling_and_503s_on_a_third_of_the_calls_are_retried_and_each_block_
 ) -> None:
     from localaws import Faults
 
-    build = make_build(aws.builds, seed="faults")
+    build = make_build(aws.builds)
     faults = Faults(every=3)
     rec = Recorder()
     clients = aws.clients(recorder=rec, faults=faults)
@@ -240,7 +240,7 @@ def test_throttling_and_503s_on_a_third_of_the_calls_are_retried_and_each_block_
 
 
 def test_an_interrupted_upload_is_resumed_into_the_same_snapshot(aws: LocalAws) -> None:
-    build = make_build(aws.builds, seed="interrupted")
+    build = make_build(aws.builds)
     image = build.nonzero("hvm-uefi")
     sent = []
 
@@ -270,7 +270,7 @@ def test_an_interrupted_upload_that_no_longer_accepts_blocks_is_replaced(aws: Lo
     from botocore.awsrequest import AWSResponse
     from localaws import _Raw
 
-    build = make_build(aws.builds, seed="dead")
+    build = make_build(aws.builds)
     p = plan_for(aws, build, aws.clients())
     ident = identity_of(build, build.disk("hvm-uefi"))
     up = snap.Uploader(

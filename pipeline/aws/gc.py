@@ -57,6 +57,23 @@ class GcPlan:
     removals: list[Removal] = field(default_factory=list)
     kept: list[tuple[str, str, str]] = field(default_factory=list)  # (region, id, why)
 
+    def record(self, applied: bool) -> dict[str, object]:
+        """The result printed on stdout."""
+        key = "removed" if applied else "would_remove"
+        return {
+            key: [
+                {
+                    "region": r.region,
+                    "kind": r.kind,
+                    "id": r.resource_id,
+                    "build": r.build_id,
+                    "reason": r.reason,
+                }
+                for r in self.removals
+            ],
+            "kept": [{"region": region, "id": rid, "reason": why} for region, rid, why in self.kept],
+        }
+
     def rows(self) -> list[tuple[str, str, str, str, str, str]]:
         return [
             (r.region, r.kind, r.resource_id, r.build_id or "-", r.created, r.reason) for r in self.removals
