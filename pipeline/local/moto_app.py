@@ -126,19 +126,20 @@ class Journal:
         if not self.path.is_file():
             self.reset()
             return []
-        lines = self.path.read_bytes().split(b"\n")
+        lines = [line for line in self.path.read_bytes().split(b"\n") if line.strip()]
         header = json.loads(lines[0])
         self.seed = str(header["seed"])
         entries = []
-        for number, line in enumerate(lines[1:], start=2):
-            if not line.strip():
-                continue
+        for number, line in enumerate(lines[1:], start=1):
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:
                 if number < len(lines) - 1:  # only the last line can be torn by a kill
                     raise
-                log.warning("journal: skipping a torn last line")
+                log.warning("journal: dropping a torn last line")
+                tmp = self.path.with_name(f".{JOURNAL}.tmp")
+                tmp.write_bytes(b"\n".join(lines[:-1]) + b"\n")
+                os.replace(tmp, self.path)
         self.entries = len(entries)
         return entries
 
