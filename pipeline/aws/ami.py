@@ -237,6 +237,8 @@ def publish(
     """Make (or find) the AMI of ``build`` in the home region and every region of ``ami.regions``."""
     home = settings.aws.region
     virtualization = settings.virtualization
+    if virtualization == "pv":
+        pv.check_instance_type(settings.deploy.instance_type)
     disk = select_disk(build, virtualization)
     ec2 = clients.ec2(home)
     manifest = build.manifest
@@ -248,7 +250,6 @@ def publish(
     # 1. Everything that can refuse, before anything is uploaded.
     kernel_id = None
     if virtualization == "pv":
-        pv.check_instance_type(settings.deploy.instance_type)
         kernel_id = pv.require_aki(ec2, home)
     copy_regions = _copy_regions(clients, settings, virtualization, result)
 
