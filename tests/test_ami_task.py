@@ -26,9 +26,8 @@ def project(aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> tuple[LocalAws, R
 
     def recorded(settings):
         found = real(settings)  # starts (here: finds) the local AWS, as the task would
-        return aws.clients(settings.aws.region, recorder=rec).__class__(
-            region=found.region, endpoint_url=found.endpoint_url, session=aws.clients(recorder=rec).session
-        )
+        assert found.endpoint_url == aws.url
+        return aws.clients(found.region, recorder=rec)
 
     monkeypatch.setattr(session, "clients", recorded)
     return aws, rec
