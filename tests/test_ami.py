@@ -9,7 +9,7 @@ import pytest
 from localaws import LocalAws, Recorder
 from synthetic import make_build
 
-from pipeline.aws import ami, provenance
+from pipeline.aws import access, ami, delta, images, provenance
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
 from pipeline.errors import ConfigError, ImageError, PipelineError
@@ -232,9 +232,9 @@ def test_deprecation_on_aws_is_enabled_once(aws: LocalAws) -> None:
     from botocore.stub import Stubber
 
     ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    created = ami.parse_time("2026-03-01T10:20:30.000Z")
-    at = ami.deprecation_time(created, 7)
-    image = ami.ImageRecord(
+    created = images.parse_time("2026-03-01T10:20:30.000Z")
+    at = access.deprecation_time(created, 7)
+    image = images.ImageRecord(
         "ami-0123456789abcdef0", "us-east-1", "n", "available", "2026-03-01T10:20:30.000Z", {}
     )
     with Stubber(ec2) as stub:
@@ -249,9 +249,9 @@ def test_deprecation_on_aws_is_enabled_once(aws: LocalAws) -> None:
                 "Tags": [{"Key": "DeprecateAt", "Value": "2026-03-08T10:20:00Z"}],
             },
         )
-        assert ami.ensure_deprecation(ec2, image, at) == ["deprecation at 2026-03-08T10:20:00Z"]
+        assert access.ensure_deprecation(ec2, image, at) == ["deprecation at 2026-03-08T10:20:00Z"]
         stub.assert_no_pending_responses()
-    later = ami.ImageRecord(
+    later = images.ImageRecord(
         image.image_id,
         "us-east-1",
         "n",
@@ -261,7 +261,7 @@ def test_deprecation_on_aws_is_enabled_once(aws: LocalAws) -> None:
         deprecation="2026-03-08T10:20:00.000Z",
     )
     with Stubber(ec2):
-        assert ami.ensure_deprecation(ec2, later, at) == []  # a call now would fail the Stubber
+        assert access.ensure_deprecation(ec2, later, at) == []  # a call now would fail the Stubber
 
 
 def test_an_image_registered_by_a_run_that_died_before_tagging_is_found_by_name(aws: LocalAws) -> None:
@@ -312,3 +312,33 @@ def test_find_image_selects_by_build_virtualization_app_and_env(aws: LocalAws) -
     assert ami.find_image(clients, dev, "0" * 16, "hvm", "us-east-1") is None
     assert ami.find_image(clients, aws.settings(env="prod"), build.build_id, "hvm", "us-east-1") is None
     assert ami.find_image(aws.clients("us-west-2"), dev, build.build_id, "hvm", "us-west-2") is None
+
+
+def test_git_state_names_the_commit_and_whether_the_tree_was_dirty(tmp_path) -> None:
+    import subprocess
+
+    assert provenance.git_state(tmp_path) == provenance.GitState("unknown", "unknown")
+    run = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    (tmp_path / "f").write_text("1")
+    run("add", "f")
+    run("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "one")
+    head = subprocess.run(
+        ["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    assert provenance.git_state(tmp_path) == provenance.GitState(head, "false")
+    (tmp_path / "f").write_text("2")
+    assert provenance.git_state(tmp_path) == provenance.GitState(head, "true")
+
+
+def test_a_kms_key_encrypts_the_snapshot_and_changes_its_client_token(aws: LocalAws) -> None:
+    build = make_build(aws.builds)
+    rec = Recorder()
+    key = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-0000-4000-8000-000000000000"
+    result = publish(aws, build, f'ami.kms_key_id="{key}"', rec=rec)
+    (start,) = rec.named("StartSnapshot")
+    assert start["Encrypted"] is True and start["KmsKeyArn"] == key
+    plain = result.upload
+    assert start["ClientToken"] == plain.client_token()
+    unencrypted = delta.UploadPlan(**{**plain.__dict__, "kms_key_id": ""})
+    assert unencrypted.client_token() != start["ClientToken"]

@@ -13,14 +13,15 @@ from synthetic import make_build
 from pipeline.aws import ami, gc, provenance
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
+from pipeline.aws.images import ImageRecord, describe_images
 
 GIT = provenance.GitState("unknown", "unknown")
 
 
-def publish_series(aws: LocalAws, count: int, *overrides: str, env: str = "dev") -> list[ami.ImageRecord]:
+def publish_series(aws: LocalAws, count: int, *overrides: str, env: str = "dev") -> list[ImageRecord]:
     """Publish ``count`` config-only rebuilds, one per clock second (CreationDate has 1 s resolution)."""
     settings = aws.settings(*overrides, env=env)
-    images = []
+    published = []
     for n in range(count):
         second = int(time.time())
         deadline = time.monotonic() + 5
@@ -28,8 +29,8 @@ def publish_series(aws: LocalAws, count: int, *overrides: str, env: str = "dev")
             time.sleep(0.05)
         build = make_build(aws.builds, config=f"greeting=release {n}", env=env)
         result = ami.publish(settings, aws.clients(), build, progress=False, git=GIT)
-        images.append(result.images[settings.aws.region])
-    return images
+        published.append(result.images[settings.aws.region])
+    return published
 
 
 def stack_using(aws: LocalAws, image_id: str, name: str = "erlang-web-dev") -> None:
@@ -47,7 +48,7 @@ def stack_using(aws: LocalAws, image_id: str, name: str = "erlang-web-dev") -> N
     )
 
 
-def exists(aws: LocalAws, image: ami.ImageRecord) -> bool:
+def exists(aws: LocalAws, image: ImageRecord) -> bool:
     ec2 = aws.clients(image.region).ec2()
     return bool(
         ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [image.image_id]}])[
@@ -108,7 +109,7 @@ def test_gc_collects_copies_in_every_region_and_leaves_other_envs_alone(aws: Loc
     assert not exists(aws, old_copy) and not snapshot_exists(aws, old_copy.block_snapshots[0], "us-west-2")
     prod = aws.settings(regions, env="prod")
     assert gc.plan(aws.clients(), prod, keep=1).removals == []  # prod's single image was never a candidate
-    assert len(ami.describe_images(aws.clients().ec2(), "us-east-1", {T.ENV: "prod"})) == 1
+    assert len(describe_images(aws.clients().ec2(), "us-east-1", {T.ENV: "prod"})) == 1
 
 
 def test_incomplete_uploads_go_after_the_grace_period_unless_still_running_here(aws: LocalAws) -> None:

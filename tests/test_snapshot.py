@@ -10,7 +10,7 @@ import pytest
 from localaws import LocalAws, Recorder
 from synthetic import make_build
 
-from pipeline.aws import provenance
+from pipeline.aws import delta, provenance
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
 from pipeline.blocks import BLOCK_SIZE
@@ -19,29 +19,29 @@ from pipeline.blocks import BLOCK_SIZE
 def test_block_checksum_is_base64_of_the_raw_sha256_not_hex() -> None:
     data = b"\x01" * BLOCK_SIZE
     digest = hashlib.sha256(data).digest()
-    assert snap.block_checksum(data) == base64.b64encode(digest).decode()
-    assert len(snap.block_checksum(data)) == 44  # base64 of 32 bytes; a hex digest would be 64
+    assert delta.block_checksum(data) == base64.b64encode(digest).decode()
+    assert len(delta.block_checksum(data)) == 44  # base64 of 32 bytes; a hex digest would be 64
 
 
 def test_aggregate_checksum_is_linear_over_raw_digests_in_index_order() -> None:
     d = [hashlib.sha256(bytes([i]) * 16).digest() for i in range(3)]
     expected = base64.b64encode(hashlib.sha256(d[0] + d[1] + d[2]).digest()).decode()
-    assert snap.aggregate_checksum(d) == expected
-    assert snap.aggregate_checksum(list(reversed(d))) != expected
+    assert delta.aggregate_checksum(d) == expected
+    assert delta.aggregate_checksum(list(reversed(d))) != expected
 
 
 GIT = provenance.GitState("0123456789abcdef0123456789abcdef01234567", "false")
 
 
-def plan_for(aws: LocalAws, build, clients, disk: str = "hvm-uefi", kms: str = "") -> snap.UploadPlan:
+def plan_for(aws: LocalAws, build, clients, disk: str = "hvm-uefi", kms: str = "") -> delta.UploadPlan:
     d = build.disk(disk)
     tags = provenance.image_tags(build.manifest, d, GIT)
-    return snap.plan(
+    return delta.plan(
         clients.ec2(),
         region="us-east-1",
         image=build.image(disk),
         image_sha256=d["sha256"],
-        blocks=snap.read_block_map(build.directory / d["blocks_file"]),
+        blocks=delta.read_block_map(build.directory / d["blocks_file"]),
         identity=identity_of(build, d),
         tags=tags,
         description=f"test {build.build_id}",
@@ -235,7 +235,7 @@ def test_throttling_and_503s_on_a_third_of_the_calls_are_retried_and_each_block_
     assert dict(faults.delivered_blocks) == dict.fromkeys(image, 1)
     assert stored_blocks(aws.clients(), result.snapshot_id) == image
     assert len(rec.named("StartSnapshot")) == 1 and len(rec.named("CompleteSnapshot")) == 1
-    snaps = snap.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: build.disk("hvm-uefi")["sha256"]})
+    snaps = delta.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: build.disk("hvm-uefi")["sha256"]})
     assert [s["SnapshotId"] for s in snaps] == [result.snapshot_id]
 
 
@@ -252,7 +252,7 @@ def test_an_interrupted_upload_is_resumed_into_the_same_snapshot(aws: LocalAws) 
     with pytest.raises(KeyboardInterrupt):
         upload(aws, build, aws.clients(hooks=(("before-send.ebs.PutSnapshotBlock", fail_midway),)), workers=1)
     sha = build.disk("hvm-uefi")["sha256"]
-    (orphan,) = snap.describe_snapshots(aws.clients().ec2(), {T.IMAGE_SHA256: sha})
+    (orphan,) = delta.describe_snapshots(aws.clients().ec2(), {T.IMAGE_SHA256: sha})
     assert T.from_aws(orphan["Tags"])[T.UPLOAD] == "incomplete"
 
     rec = Recorder()
@@ -261,7 +261,7 @@ def test_an_interrupted_upload_is_resumed_into_the_same_snapshot(aws: LocalAws) 
     assert result.resumed and result.snapshot_id == orphan["SnapshotId"]
     assert rec.named("StartSnapshot") == []
     assert stored_blocks(clients, result.snapshot_id) == image
-    (done,) = snap.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
+    (done,) = delta.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
     assert T.from_aws(done["Tags"])[T.UPLOAD] == "complete"
 
 
@@ -291,7 +291,7 @@ def test_an_interrupted_upload_that_no_longer_accepts_blocks_is_replaced(aws: Lo
     (start,) = rec.named("StartSnapshot")
     assert start["ClientToken"] == p.client_token(salt=dead) != p.client_token()
     assert {"SnapshotId": dead} in rec.named("DeleteSnapshot")
-    left = snap.describe_snapshots(clients.ec2(), {**ident, T.IMAGE_SHA256: p.image_sha256})
+    left = delta.describe_snapshots(clients.ec2(), {**ident, T.IMAGE_SHA256: p.image_sha256})
     assert [s["SnapshotId"] for s in left] == [result.snapshot_id]
 
 

@@ -13,8 +13,7 @@ from localaws import LocalAws, Recorder
 from synthetic import MIB, Layout, make_build
 
 import pipeline
-from pipeline.aws import ami, gc, provenance
-from pipeline.aws import snapshot as snap
+from pipeline.aws import ami, delta, gc, provenance
 from pipeline.aws import tags as T
 
 
@@ -51,7 +50,7 @@ def test_an_upload_killed_mid_way_completes_on_the_next_run_and_gc_finds_no_orph
     settings = aws.settings()
     clients = aws.clients()
     sha = build.disk("hvm-uefi")["sha256"]
-    (orphan,) = snap.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
+    (orphan,) = delta.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
     assert T.from_aws(orphan["Tags"])[T.UPLOAD] == "incomplete"
     assert ami.find_image(clients, settings, build.build_id, "hvm", "us-east-1") is None
 
@@ -64,7 +63,7 @@ def test_an_upload_killed_mid_way_completes_on_the_next_run_and_gc_finds_no_orph
     assert result.snapshot is not None and result.snapshot.resumed
     assert result.snapshot.snapshot_id == orphan["SnapshotId"]
     assert rec.named("StartSnapshot") == [] and len(rec.named("RegisterImage")) == 1
-    (only,) = snap.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
+    (only,) = delta.describe_snapshots(clients.ec2(), {T.IMAGE_SHA256: sha})
     assert only["SnapshotId"] == orphan["SnapshotId"]
     assert T.from_aws(only["Tags"])[T.UPLOAD] == "complete"
     image = ami.find_image(clients, settings, build.build_id, "hvm", "us-east-1")
@@ -75,5 +74,5 @@ def test_an_upload_killed_mid_way_completes_on_the_next_run_and_gc_finds_no_orph
 
     plan = gc.plan(clients, settings, grace=timedelta(0))
     assert plan.removals == []
-    incomplete = snap.describe_snapshots(clients.ec2(), {T.UPLOAD: T.UPLOAD_INCOMPLETE})
+    incomplete = delta.describe_snapshots(clients.ec2(), {T.UPLOAD: T.UPLOAD_INCOMPLETE})
     assert incomplete == []

@@ -13,7 +13,9 @@ second time. The steps, in order:
    RegisterImage and checked afterwards (moto drops them; AWS applies them atomically).
 4. CopyImage to ``ami.regions`` in parallel, with client tokens and the tags given explicitly.
 5. Launch permissions for ``ami.share_with`` (and create-volume permission on the snapshots), never
-   public; and deprecation after ``ami.deprecate_after_days``.
+   public; and deprecation after ``ami.deprecate_after_days`` (``access.py``).
+
+Lookups and the image record are in ``images.py``; ``find_image`` is what the deploy stage uses.
 """
 
 from __future__ import annotations
@@ -24,31 +26,33 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from botocore.exceptions import ClientError
-
 from pipeline import ui
-from pipeline.aws import provenance, pv
+from pipeline.aws import delta, provenance, pv
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
+from pipeline.aws.access import deprecation_time, ensure_access, ensure_deprecation
+from pipeline.aws.images import (
+    ImageRecord,
+    describe_images,
+    ensure_tags,
+    find_by_name,
+    newest,
+    wait_available,
+)
 from pipeline.aws.session import Clients
-from pipeline.aws.wait import poll
 from pipeline.config import Settings
-from pipeline.errors import AwsError, ImageError, PipelineError
+from pipeline.errors import ImageError, PipelineError
 from pipeline.images.devices import root_device
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
-    from mypy_boto3_ec2.type_defs import ImageTypeDef
 
 log = logging.getLogger(__name__)
 
-IMAGE_TIMEOUT = 3600.0  # seconds for a registered or copied image to become available
 ARCHITECTURE = "x86_64"
-UNSUPPORTED_CODES = ("NotImplemented", "UnsupportedOperation")
 
 
 class Build(Protocol):
@@ -64,59 +68,6 @@ class Build(Protocol):
     def manifest(self) -> dict[str, Any]: ...
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One AMI as the pipeline sees it."""
-
-    image_id: str
-    region: str
-    name: str
-    state: str
-    created: str  # CreationDate, ISO 8601 UTC
-    tags: dict[str, str]
-    block_snapshots: tuple[str, ...] = ()  # snapshot ids of its block device mappings
-    public: bool = False
-    deprecation: str = ""  # DeprecationTime, if any
-
-    @classmethod
-    def from_aws(cls, region: str, image: ImageTypeDef) -> ImageRecord:
-        return cls(
-            image_id=image["ImageId"],
-            region=region,
-            name=image.get("Name", ""),
-            state=image.get("State", "unknown"),
-            created=image.get("CreationDate", ""),
-            tags=T.from_aws(image.get("Tags")),
-            block_snapshots=tuple(
-                b["Ebs"]["SnapshotId"]
-                for b in image.get("BlockDeviceMappings", [])
-                if b.get("Ebs", {}).get("SnapshotId")
-            ),
-            public=bool(image.get("Public")),
-            deprecation=image.get("DeprecationTime", ""),
-        )
-
-    @property
-    def build_id(self) -> str:
-        return self.tags.get(T.BUILD_ID, "")
-
-    @property
-    def virtualization(self) -> str:
-        return self.tags.get(T.VIRTUALIZATION, "")
-
-    @property
-    def snapshot_ids(self) -> tuple[str, ...]:
-        """The snapshots behind the image: its block devices and the one the pipeline uploaded."""
-        ids = list(self.block_snapshots)
-        tagged = self.tags.get(T.SNAPSHOT)
-        if tagged and tagged not in ids:
-            ids.append(tagged)
-        return tuple(ids)
-
-    def created_at(self) -> datetime:
-        return parse_time(self.created)
-
-
 @dataclass
 class Publication:
     """What ``publish`` did or, in a dry run, would do."""
@@ -128,7 +79,7 @@ class Publication:
     images: dict[str, ImageRecord] = field(default_factory=dict)  # region -> image
     actions: list[tuple[str, str]] = field(default_factory=list)  # (region, what happened)
     skipped_regions: list[str] = field(default_factory=list)  # no PV there
-    upload: snap.UploadPlan | None = None
+    upload: delta.UploadPlan | None = None
     snapshot: snap.SnapshotResult | None = None
     dry_run: bool = False
 
@@ -155,9 +106,6 @@ class Publication:
         return out
 
 
-# -- lookups -------------------------------------------------------------------------------------------
-
-
 def find_image(
     clients: Clients, settings: Settings, build_id: str, virtualization: str, region: str
 ) -> ImageRecord | None:
@@ -170,35 +118,7 @@ def find_image(
         T.BUILD_ID: build_id,
         T.VIRTUALIZATION: virtualization,
     }
-    return _newest(describe_images(clients.ec2(region), region, want))
-
-
-def describe_images(ec2: EC2Client, region: str, tags: Mapping[str, str]) -> list[ImageRecord]:
-    """Our images in ``region`` carrying every one of ``tags`` (failed and deregistered ones left out)."""
-    resp = ec2.describe_images(Owners=["self"], Filters=T.filters(tags))
-    records = [ImageRecord.from_aws(region, i) for i in resp.get("Images", [])]
-    return [r for r in records if r.state in ("available", "pending") and T.managed(r.tags)]
-
-
-def _newest(records: Sequence[ImageRecord]) -> ImageRecord | None:
-    return max(records, key=lambda r: (r.created, r.image_id)) if records else None
-
-
-def _by_name(ec2: EC2Client, region: str, name: str, want: Mapping[str, str]) -> ImageRecord | None:
-    """An image of ours with ``name`` whose tags are missing (moto drops RegisterImage's tags)."""
-    resp = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
-    for image in resp.get("Images", []):
-        record = ImageRecord.from_aws(region, image)
-        if record.state not in ("available", "pending"):
-            continue
-        clash = {k: v for k, v in record.tags.items() if k in want and want[k] != v}
-        if clash:
-            raise AwsError(
-                f"image {record.image_id} in {region} is named {name} but is tagged {clash}",
-                hint="an image of that name was made by something else; deregister or rename it",
-            )
-        return record
-    return None
+    return newest(describe_images(clients.ec2(region), region, want))
 
 
 # -- publishing ----------------------------------------------------------------------------------------
@@ -259,11 +179,11 @@ def publish(
     want = {k: image_tags[k] for k in (T.MANAGED, T.APP, T.ENV, T.BUILD_ID, T.VIRTUALIZATION)}
 
     # 2 and 3. The home region's image.
-    image = _newest(describe_images(ec2, home, want))
+    image = newest(describe_images(ec2, home, want))
     if image is not None:
         result.actions.append((home, f"found {image.image_id} ({image.state})"))
     else:
-        image = _by_name(ec2, home, name, want)
+        image = find_by_name(ec2, home, name, want)
         if image is not None:
             # Registered by a run that ended before its tags were checked: complete them.
             result.actions.append((home, f"found {image.image_id} by name; completing its tags"))
@@ -276,14 +196,14 @@ def publish(
             }
             if not dry_run:
                 wanted = {**image_tags, T.NAME: name, **{k: v for k, v in extra.items() if v}}
-                image = _ensure_tags(ec2, image, wanted)
+                image = ensure_tags(ec2, image, wanted)
     if image is None:
-        upload = snap.plan(
+        upload = delta.plan(
             ec2,
             region=home,
             image=build.directory / disk["file"],
             image_sha256=disk["sha256"],
-            blocks=snap.read_block_map(build.directory / disk["blocks_file"]),
+            blocks=delta.read_block_map(build.directory / disk["blocks_file"]),
             identity=identity,
             tags=provenance.snapshot_tags(image_tags, name),
             description=f"{name} ({disk['name']} disk)",
@@ -302,7 +222,7 @@ def publish(
             settings, clients, build, disk, upload, image_tags, kernel_id, result, sleep, clock, progress
         )
     elif not dry_run and image.state != "available":
-        image = _wait_available(ec2, home, image.image_id, sleep, clock)
+        image = wait_available(ec2, home, image.image_id, sleep, clock)
     result.images[home] = image
 
     # 4. Copies, in parallel.
@@ -334,7 +254,7 @@ def _register(
     clients: Clients,
     build: Build,
     disk: Mapping[str, Any],
-    upload: snap.UploadPlan,
+    upload: delta.UploadPlan,
     image_tags: Mapping[str, str],
     kernel_id: str | None,
     result: Publication,
@@ -379,9 +299,9 @@ def _register(
     )
     image_id = ec2.register_image(**request)["ImageId"]
     result.actions.append((home, f"registered {image_id}"))
-    image = _wait_available(ec2, home, image_id, sleep, clock)
+    image = wait_available(ec2, home, image_id, sleep, clock)
     # RegisterImage tags atomically on AWS; moto drops them, so check and add what is missing.
-    return _ensure_tags(ec2, image, tags)
+    return ensure_tags(ec2, image, tags)
 
 
 def register_request(
@@ -453,41 +373,6 @@ def _copy_regions(
     return usable
 
 
-def _wait_available(
-    ec2: EC2Client, region: str, image_id: str, sleep: Callable[[float], None], clock: Callable[[], float]
-) -> ImageRecord:
-    def check() -> ImageRecord | None:
-        try:
-            images = ec2.describe_images(ImageIds=[image_id]).get("Images", [])
-        except ClientError as err:
-            if _code(err) == "InvalidAMIID.NotFound":  # a new image may not be visible at once
-                return None
-            raise
-        if not images:
-            return None
-        record = ImageRecord.from_aws(region, images[0])
-        if record.state in ("failed", "error", "invalid"):
-            reason = images[0].get("StateReason", {}).get("Message", "no reason given")
-            raise AwsError(f"image {image_id} in {region} ended in state {record.state}: {reason}")
-        return record if record.state == "available" else None
-
-    return poll(check, what=f"image {image_id} in {region}", timeout=IMAGE_TIMEOUT, sleep=sleep, clock=clock)
-
-
-def _ensure_tags(ec2: EC2Client, image: ImageRecord, want: Mapping[str, str]) -> ImageRecord:
-    lacking = T.missing(want, image.tags)
-    if not lacking:
-        return image
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list(lacking))
-    return _with_tags(image, {**image.tags, **lacking})
-
-
-def _with_tags(image: ImageRecord, tags: dict[str, str]) -> ImageRecord:
-    from dataclasses import replace
-
-    return replace(image, tags=tags)
-
-
 def _ensure_copy(
     clients: Clients,
     source: ImageRecord,
@@ -499,7 +384,7 @@ def _ensure_copy(
     """The copy of ``source`` in ``region``: found by tags or name, else made with CopyImage."""
     ec2 = clients.ec2(region)
     want = {k: source.tags[k] for k in (T.MANAGED, T.APP, T.ENV, T.BUILD_ID, T.VIRTUALIZATION)}
-    copy = _newest(describe_images(ec2, region, want)) or _by_name(ec2, region, source.name, want)
+    copy = newest(describe_images(ec2, region, want)) or find_by_name(ec2, region, source.name, want)
     # The copy's tags are the source's, except what is per region: its snapshot and its deprecation.
     copy_tags = {k: v for k, v in source.tags.items() if k not in (T.SNAPSHOT, T.DEPRECATE_AT)}
     copy_tags[T.SOURCE_IMAGE] = f"{source.region}/{source.image_id}"
@@ -518,19 +403,19 @@ def _ensure_copy(
                 {"ResourceType": "snapshot", "Tags": T.tag_list(copy_tags)},
             ],
         )
-        copy = _wait_available(ec2, region, resp["ImageId"], sleep, clock)
+        copy = wait_available(ec2, region, resp["ImageId"], sleep, clock)
         action = f"copied {source.image_id} -> {copy.image_id}"
     else:
         action = f"found copy {copy.image_id} ({copy.state})"
         if dry_run:
             return copy, action
         if copy.state != "available":
-            copy = _wait_available(ec2, region, copy.image_id, sleep, clock)
+            copy = wait_available(ec2, region, copy.image_id, sleep, clock)
     # CopyImage does not carry tags everywhere (moto drops them): check and add what is missing,
     # on the image and on the snapshots behind it, which gc selects by the same tags.
     own_snapshots = list(copy.block_snapshots)
     copy_tags[T.SNAPSHOT] = own_snapshots[0] if own_snapshots else ""
-    copy = _ensure_tags(ec2, copy, {k: v for k, v in copy_tags.items() if v})
+    copy = ensure_tags(ec2, copy, {k: v for k, v in copy_tags.items() if v})
     _ensure_snapshot_tags(ec2, own_snapshots, {**copy_tags, T.UPLOAD: T.UPLOAD_COMPLETE})
     return copy, action
 
@@ -543,112 +428,3 @@ def _ensure_snapshot_tags(ec2: EC2Client, snapshot_ids: Sequence[str], want: Map
         lacking = T.missing(want, T.from_aws(s.get("Tags")))
         if lacking:
             ec2.create_tags(Resources=[s["SnapshotId"]], Tags=T.tag_list(lacking))
-
-
-# -- access and deprecation ----------------------------------------------------------------------------
-
-
-def ensure_access(ec2: EC2Client, image: ImageRecord, accounts: Sequence[str]) -> list[str]:
-    """Exactly ``accounts`` may launch the image and create volumes from its snapshots; never public."""
-    actions = []
-    want = set(accounts)
-    attr = ec2.describe_image_attribute(ImageId=image.image_id, Attribute="launchPermission")
-    perms = attr.get("LaunchPermissions", [])
-    have = {p["UserId"] for p in perms if "UserId" in p}
-    public = any(p.get("Group") == "all" for p in perms)
-    add = [{"UserId": a} for a in sorted(want - have)]
-    remove: list[dict[str, Any]] = [{"UserId": a} for a in sorted(have - want)]
-    if public:
-        remove.append({"Group": "all"})
-        ui.warn(f"{image.image_id} in {image.region} was public; making it private")
-    if add or remove:
-        change: dict[str, Any] = {}
-        if add:
-            change["Add"] = add
-        if remove:
-            change["Remove"] = remove
-        ec2.modify_image_attribute(ImageId=image.image_id, LaunchPermission=change)  # type: ignore[arg-type]
-        actions.append(f"launch permission: +{len(add)} -{len(remove)} accounts")
-    for snapshot_id in image.snapshot_ids:
-        actions.extend(_ensure_volume_permission(ec2, snapshot_id, want))
-    return actions
-
-
-def _ensure_volume_permission(ec2: EC2Client, snapshot_id: str, want: set[str]) -> list[str]:
-    try:
-        attr = ec2.describe_snapshot_attribute(SnapshotId=snapshot_id, Attribute="createVolumePermission")
-    except ClientError as err:
-        if _code(err) == "InvalidSnapshot.NotFound":
-            return []
-        raise
-    perms = attr.get("CreateVolumePermissions", [])
-    have = {p["UserId"] for p in perms if "UserId" in p}
-    actions = []
-    if want - have:
-        ec2.modify_snapshot_attribute(
-            SnapshotId=snapshot_id,
-            Attribute="createVolumePermission",
-            OperationType="add",
-            UserIds=sorted(want - have),
-        )
-        actions.append(f"{snapshot_id}: create-volume permission for {len(want - have)} accounts")
-    if have - want:
-        ec2.modify_snapshot_attribute(
-            SnapshotId=snapshot_id,
-            Attribute="createVolumePermission",
-            OperationType="remove",
-            UserIds=sorted(have - want),
-        )
-        actions.append(f"{snapshot_id}: create-volume permission removed from {len(have - want)} accounts")
-    if any(p.get("Group") == "all" for p in perms):
-        ec2.modify_snapshot_attribute(
-            SnapshotId=snapshot_id,
-            Attribute="createVolumePermission",
-            OperationType="remove",
-            GroupNames=["all"],
-        )
-        actions.append(f"{snapshot_id}: no longer public")
-    return actions
-
-
-def deprecation_time(created: datetime, days: int) -> datetime:
-    """When an image created at ``created`` is deprecated: ``days`` later, on the minute (as EC2 keeps it)."""
-    return (created + timedelta(days=days)).replace(second=0, microsecond=0)
-
-
-def ensure_deprecation(ec2: EC2Client, image: ImageRecord, at: datetime) -> list[str]:
-    """Deprecate ``image`` at ``at`` unless that is already so.
-
-    Where the endpoint does not implement EnableImageDeprecation (the local AWS), the intended time is
-    recorded in the ``DeprecateAt`` tag and a warning is shown, and later runs leave it at that.
-    """
-    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    if image.deprecation and parse_time(image.deprecation) == at:
-        return []
-    if not image.deprecation and image.tags.get(T.DEPRECATE_AT) == stamp:
-        return []
-    try:
-        ec2.enable_image_deprecation(ImageId=image.image_id, DeprecateAt=at)
-        action = f"deprecation at {stamp}"
-    except ClientError as err:
-        if _code(err) not in UNSUPPORTED_CODES:
-            raise
-        ui.warn(
-            f"{image.region}: this AWS endpoint cannot deprecate images; recorded {T.DEPRECATE_AT}={stamp}"
-        )
-        action = f"deprecation at {stamp} recorded as a tag only ({_code(err)})"
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list({T.DEPRECATE_AT: stamp}))
-    return [action]
-
-
-# -- helpers -------------------------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> datetime:
-    """An AWS timestamp (``2026-01-02T03:04:05.000Z``) as an aware UTC datetime."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))

@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Literal
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
-from pipeline.aws.ami import ImageRecord
+from pipeline.aws.delta import describe_snapshots
+from pipeline.aws.images import ImageRecord
 from pipeline.aws.session import Clients
-from pipeline.aws.snapshot import describe_snapshots, upload_running
+from pipeline.aws.snapshot import upload_running
 from pipeline.config import Settings
 
 if TYPE_CHECKING:
