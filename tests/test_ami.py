@@ -342,3 +342,28 @@ def test_a_kms_key_encrypts_the_snapshot_and_changes_its_client_token(aws: Local
     assert start["ClientToken"] == plain.client_token()
     unencrypted = delta.UploadPlan(**{**plain.__dict__, "kms_key_id": ""})
     assert unencrypted.client_token() != start["ClientToken"]
+
+
+def test_an_unknown_region_is_refused_before_any_upload(aws: LocalAws) -> None:
+    build = make_build(aws.builds)
+    rec = Recorder()
+    with pytest.raises(PipelineError) as err:
+        publish(aws, build, 'ami.regions=["eu-west-1", "mars-north-1"]', rec=rec)
+    assert str(err.value).startswith('pipeline.toml: ami.regions: unknown AWS region "mars-north-1"')
+    assert rec.mutating() == []
+
+
+def test_an_aws_error_is_one_line_naming_the_call_and_code(aws: LocalAws) -> None:
+    from botocore.stub import Stubber
+
+    from pipeline.errors import AwsError
+
+    clients = aws.clients()
+    with Stubber(clients.ec2()) as stub:
+        stub.add_client_error("describe_images", "UnauthorizedOperation", "You are not authorized.", 403)
+        with pytest.raises(AwsError) as err:
+            ami.find_image(clients, aws.settings(), "0" * 16, "hvm", "us-east-1")
+    assert str(err.value) == (
+        "AWS DescribeImages failed: UnauthorizedOperation: You are not authorized. "
+        "(hint: the credentials lack a permission; see the IAM policy of the pipeline)"
+    )

@@ -34,6 +34,7 @@ from pipeline.aws import delta, provenance, pv
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
 from pipeline.aws.access import deprecation_time, ensure_access, ensure_deprecation
+from pipeline.aws.calls import one_line_errors
 from pipeline.aws.images import (
     ImageRecord,
     describe_images,
@@ -106,6 +107,7 @@ class Publication:
         return out
 
 
+@one_line_errors
 def find_image(
     clients: Clients, settings: Settings, build_id: str, virtualization: str, region: str
 ) -> ImageRecord | None:
@@ -143,6 +145,7 @@ def select_disk(build: Build, virtualization: str) -> dict[str, Any]:
     )
 
 
+@one_line_errors
 def publish(
     settings: Settings,
     clients: Clients,
@@ -357,6 +360,17 @@ def _description(manifest: Mapping[str, Any], disk: Mapping[str, Any]) -> str:
 def _copy_regions(
     clients: Clients, settings: Settings, virtualization: str, result: Publication
 ) -> list[str]:
+    known = set(clients.session.get_available_regions("ec2"))
+    for partition in ("aws-us-gov", "aws-cn"):
+        known |= set(clients.session.get_available_regions("ec2", partition_name=partition))
+    for field_name, region in [("aws.region", settings.aws.region)] + [
+        ("ami.regions", r) for r in settings.ami.regions
+    ]:
+        if region not in known:
+            raise PipelineError(
+                f'pipeline.toml: {field_name}: unknown AWS region "{region}"',
+                hint=f"regions EC2 offers: {', '.join(sorted(known))}",
+            )
     regions = [r for r in dict.fromkeys(settings.ami.regions) if r != settings.aws.region]
     if virtualization != "pv":
         return regions
@@ -416,7 +430,9 @@ def _ensure_copy(
     own_snapshots = list(copy.block_snapshots)
     copy_tags[T.SNAPSHOT] = own_snapshots[0] if own_snapshots else ""
     copy = ensure_tags(ec2, copy, {k: v for k, v in copy_tags.items() if v})
-    _ensure_snapshot_tags(ec2, own_snapshots, {**copy_tags, T.UPLOAD: T.UPLOAD_COMPLETE})
+    # The copy's snapshot is whole in its region: the source's parent is not its parent.
+    snapshot_tags = {k: v for k, v in copy_tags.items() if k != T.PARENT_SNAPSHOT}
+    _ensure_snapshot_tags(ec2, own_snapshots, {**snapshot_tags, T.UPLOAD: T.UPLOAD_COMPLETE})
     return copy, action
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
+from pipeline.aws.calls import one_line_errors
 from pipeline.aws.delta import describe_snapshots
 from pipeline.aws.images import ImageRecord
 from pipeline.aws.session import Clients
@@ -81,6 +82,7 @@ class GcPlan:
         ]
 
 
+@one_line_errors
 def plan(
     clients: Clients,
     settings: Settings,
@@ -202,6 +204,7 @@ def _image_ids(value: str) -> Iterable[str]:
             yield part
 
 
+@one_line_errors
 def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[Removal, str]]:
     """Carry out ``gc_plan``: images first, then snapshots. Returns the removals that failed, with why."""
     scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}

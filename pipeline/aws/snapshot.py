@@ -156,8 +156,8 @@ class Uploader:
             same = stags.get(T.PARENT_SNAPSHOT) == p.parent_id and s.get("VolumeSize") == p.volume_gib
             if same and resumable is None:
                 resumable = s["SnapshotId"]
-            else:
-                self._delete(s["SnapshotId"], "an interrupted upload of another plan")
+            else:  # started with another parent or size; it may be running elsewhere: gc's to judge
+                log.info("leaving incomplete snapshot %s to gc (another upload plan)", s["SnapshotId"])
         if resumable is not None:
             log.info("resuming interrupted upload %s", resumable)
             return resumable, True
