@@ -156,8 +156,8 @@ def gc(
     env: str | None = None,
     set_: list[str] | None = None,
     yes: bool = False,
-    keep: int | None = None,
-    grace_minutes: int | None = None,
+    keep: str | None = None,
+    grace_minutes: str | None = None,
 ) -> None:
     """Remove old AMIs and snapshots of this app and env; keeps the newest and those stacks use."""
     from datetime import timedelta
@@ -166,11 +166,12 @@ def gc(
     from pipeline.aws import session
 
     with failures():
-        s = load(env, set_)
+        s = load(env, set_, ami__keep=_whole("keep", keep))
+        minutes = _whole("grace-minutes", grace_minutes)
         clients = session.clients(s)
         ui.say(f"AWS: {clients.describe()}")
-        grace = collector.GRACE if grace_minutes is None else timedelta(minutes=grace_minutes)
-        p = collector.plan(clients, s, keep=keep, grace=grace)
+        grace = collector.GRACE if minutes is None else timedelta(minutes=minutes)
+        p = collector.plan(clients, s, grace=grace)
         columns = ["region", "kind", "id", "build", "created", "why it goes"]
         title = "gc: removing" if yes else "gc: would remove (dry run; --yes to remove)"
         if p.removals:
@@ -187,6 +188,19 @@ def gc(
             raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
         ui.done(f"gc: removed {len(p.removals)}")
         ui.result(p.record(applied=True))
+
+
+def _whole(flag: str, value: str | None) -> int | None:
+    """A flag that takes a whole number (invoke hands flags without a default over as strings)."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise PipelineError(f'--{flag}: expected a whole number, got "{value}"') from None
+    if number < 0:
+        raise PipelineError(f"--{flag}: expected 0 or more, got {number}")
+    return number
 
 
 @task(iterable=["set_"], help=COMMON_HELP)

@@ -168,7 +168,22 @@ def test_invoke_gc_is_a_dry_run_without_yes(aws: LocalAws, monkeypatch: pytest.M
         ("snapshot", images[0].tags[T.SNAPSHOT]),
     }
     assert exists(aws, images[0])
-    tasks.gc(MockContext(), set_=[f"local.port={aws.port}", "ami.keep=1"], yes=True)
+    tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="1", yes=True)
     out, err = capsys.readouterr()
     assert "gc: removed 2" in err and len(json.loads(out)["removed"]) == 2
     assert not exists(aws, images[0]) and exists(aws, images[1])
+
+
+def test_invoke_gc_flags_are_checked(aws: LocalAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    from invoke.context import MockContext
+    from invoke.exceptions import Exit
+
+    import tasks
+
+    monkeypatch.chdir(aws.root)
+    with pytest.raises(Exit, match='--keep: expected a whole number, got "three"'):
+        tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="three")
+    with pytest.raises(Exit, match=r"pipeline.toml: ami.keep|--set: ami.keep: expected integer 1-100, got 0"):
+        tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="0")
+    with pytest.raises(Exit, match="--grace-minutes: expected 0 or more, got -5"):
+        tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], grace_minutes="-5")
