@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
 
@@ -27,6 +29,15 @@ from pipeline.aws.session import Clients
 from pipeline.local import server
 
 READS = ("Describe", "List", "Get")
+# One loader for every session the tests make: it caches the parsed service models (EC2's takes about
+# a second to load), while each session keeps its own event hooks.
+_LOADER = botocore.loaders.create_loader()
+
+
+def new_session() -> boto3.Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _LOADER)
+    return boto3.Session(botocore_session=core)
 
 
 def free_port() -> int:
@@ -134,7 +145,7 @@ class LocalAws:
         faults: Faults | None = None,
         hooks: tuple[tuple[str, Callable[..., Any]], ...] = (),
     ) -> Clients:
-        session = boto3.Session()
+        session = new_session()
         if recorder is not None:
             session.events.register("before-parameter-build", recorder)
         if faults is not None:
