@@ -226,13 +226,17 @@ def test(c: Context, fast: bool = False) -> None:
         step()
 
 
-@task(name="down", help={"wipe": "also forget the local AWS's state (its journal of requests)"})
-def local_down(c: Context, wipe: bool = False) -> None:
+@task(
+    name="down",
+    iterable=["set_"],
+    help={**COMMON_HELP, "wipe": "also forget the local AWS's state (its journal of requests)"},
+)
+def local_down(c: Context, env: str | None = None, set_: list[str] | None = None, wipe: bool = False) -> None:
     """Stop the embedded local AWS of this checkout (its state is kept unless --wipe)."""
     from pipeline.local import server
 
     with failures():
-        s = load(None, None)
+        s = load(env, set_)
         was = server.stop(s, wipe=wipe)
         ui.done(
             ("stopped the local AWS" if was else "the local AWS was not running")
