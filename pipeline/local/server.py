@@ -8,6 +8,7 @@ outlive a restart; ``invoke local.down --wipe`` forgets them.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -125,14 +126,14 @@ def stop(
 
 def _check_owner(url: str, directory: Path, port: int) -> bool:
     """True if this checkout's local AWS answers on ``url``; an error if something else does."""
-    info = _identity(url)
+    info = _probe(url)
     if info is None:
-        if _answers(url):
-            raise PipelineError(
-                f"local AWS: port {port} is served by something that is not this pipeline's local AWS",
-                hint="stop it, or pick another port with local.port in pipeline.toml",
-            )
         return False
+    if info == OTHER:
+        raise PipelineError(
+            f"local AWS: port {port} is served by something that is not this pipeline's local AWS",
+            hint="stop it, or pick another port with local.port in pipeline.toml",
+        )
     if Path(info["state_dir"]) != directory.resolve():
         raise PipelineError(
             f"local AWS: port {port} is served by the local AWS of another checkout ({info['state_dir']})",
@@ -141,21 +142,26 @@ def _check_owner(url: str, directory: Path, port: int) -> bool:
     return True
 
 
+OTHER: dict[str, Any] = {}  # something answered, but not as the pipeline's local AWS
+
+
 def _identity(url: str) -> dict[str, Any] | None:
+    info = _probe(url)
+    return None if info is None or info is OTHER else info
+
+
+def _probe(url: str) -> dict[str, Any] | None:
+    """One request: None if nothing listens, OTHER if something else answers, else the server's identity."""
     try:
-        with urllib.request.urlopen(f"{url}{STATUS_PATH}", timeout=2) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{url}{STATUS_PATH}", timeout=5) as resp:  # noqa: S310 - loopback
             data = json.loads(resp.read())
-    except (urllib.error.URLError, OSError, ValueError):
+    except urllib.error.HTTPError:
+        return OTHER  # an HTTP answer, but not ours (a plain moto server says 404 here)
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
         return None
-    return data if isinstance(data, dict) and "state_dir" in data else None
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/moto-api/", timeout=2) as resp:  # noqa: S310 - loopback http
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    except ValueError:
+        return OTHER
+    return data if isinstance(data, dict) and "state_dir" in data else OTHER
 
 
 def _alive(pid: int) -> bool:
