@@ -357,16 +357,21 @@ def plan_update(
             token = more.get("NextToken")
         return summarise(changes)
     finally:
-        _delete_change_set(cf, stack, name)
+        cf.delete_change_set(StackName=stack, ChangeSetName=name)
 
 
 def _delete_change_set(cf: CloudFormationClient, stack: str, name: str) -> None:
-    try:
-        cf.delete_change_set(StackName=stack, ChangeSetName=name)
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
-        if code not in ("ChangeSetNotFound", "ChangeSetNotFoundException", "ValidationError"):
-            raise
+    """Delete the change set ``name`` if the stack has one (left by a run that was killed)."""
+    kwargs: dict[str, Any] = {"StackName": stack}
+    while True:
+        resp = cf.list_change_sets(**kwargs)
+        if any(c.get("ChangeSetName") == name for c in resp.get("Summaries", [])):
+            cf.delete_change_set(StackName=stack, ChangeSetName=name)
+            return
+        token = resp.get("NextToken")
+        if not token:
+            return
+        kwargs["NextToken"] = token
 
 
 def summarise(changes: Sequence[Mapping[str, Any]]) -> list[Change]:

@@ -581,7 +581,7 @@ def show_status(st: Status | None, stack_name: str) -> None:
         return
     ui.table(
         f"stack {st.stack}: {st.status}   {st.url}",
-        ("colour", "traffic", "AMI", "build", "instance type", "capacity", "instances", "target health"),
+        ("colour", "traffic", "AMI", "build", "instance type", "capacity", "instances", "targets"),
         [
             (
                 c.color + (" (live)" if st.live == c.color else ""),

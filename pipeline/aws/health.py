@@ -89,10 +89,12 @@ def assess(
     build_id: str,
 ) -> Verdict:
     """Judge one observation of a colour (pure). ``expected`` is its capacity."""
-    healthy = [t for t in targets if t.state == "healthy"]
+    # Draining targets are leaving (replaced or scaled-in instances) and take no new requests.
+    serving = [t for t in targets if t.state != "draining"]
+    healthy = [t for t in serving if t.state == "healthy"]
     parts = [f"{len(healthy)}/{expected} targets healthy"]
-    ok = len(healthy) >= expected and len(healthy) == len(targets)
-    for t in targets:
+    ok = len(healthy) >= expected and len(healthy) == len(serving)
+    for t in serving:
         if t.state != "healthy":
             parts.append(f"{t.target_id} {t.state}" + (f" ({t.reason})" if t.reason else ""))
     if health is not None:

@@ -97,6 +97,7 @@ def _stack(stack_arn: str) -> Statement:
             cf.CreateChangeSet,
             cf.DescribeChangeSet,
             cf.DeleteChangeSet,
+            cf.ListChangeSets,
         ],
         Resource=[stack_arn],
     )

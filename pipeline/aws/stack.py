@@ -40,12 +40,12 @@ from troposphere import (
     GetAtt,
     GetAZs,
     If,
-    Join,
     NoValue,
     Output,
     Parameter,
     Ref,
     Select,
+    Sub,
     Tags,
     Template,
     ec2,
@@ -386,7 +386,7 @@ def blueprint(p: StackParams) -> Template:
             Output(
                 "Url",
                 Description="the app's address",
-                Value=Join("", ["http://", GetAtt(alb, "DNSName"), port_suffix]),
+                Value=Sub(f"http://${{{alb.title}.DNSName}}{port_suffix}"),
             ),
             Output("LoadBalancerArn", Value=Ref(alb)),
             Output(
