@@ -100,7 +100,11 @@ def stack_outputs(clients: Clients) -> dict[str, str]:
 def colors(params: dict[str, str]) -> dict[str, tuple[str, str, str]]:
     """(image, capacity, weight) per colour, for readable sequence assertions."""
     return {
-        c: (params[f"{c.capitalize()}ImageId"], params[f"{c.capitalize()}Capacity"], params[f"{c.capitalize()}Weight"])
+        c: (
+            params[f"{c.capitalize()}ImageId"],
+            params[f"{c.capitalize()}Capacity"],
+            params[f"{c.capitalize()}Weight"],
+        )
         for c in ("blue", "green")
     }
 
@@ -137,7 +141,7 @@ def only_stack_updates_mutate(calls: list) -> None:  # type: ignore[type-arg]
     }, mutating
 
 
-# -- the full cycle ---------------------------------------------------------------------------------------
+# -- the full cycle --------------------------------------------------------------------------------
 
 
 def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
@@ -239,7 +243,7 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert [q for q in w.questions if "delete stack" in q]
 
 
-# -- failures roll back -----------------------------------------------------------------------------------
+# -- failures roll back ----------------------------------------------------------------------------
 
 
 def test_green_never_healthy_rolls_back_to_blue(live_v1: tuple[World, str, str]) -> None:
@@ -263,7 +267,7 @@ def test_green_never_healthy_rolls_back_to_blue(live_v1: tuple[World, str, str])
 
 
 def test_green_becoming_healthy_late_but_in_time_is_released(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+    w, _v1, v2 = live_v1
     w.health.states[v2] = lambda n: "initial" if n < 3 else "healthy"
     assert w.deploy(B2).live == "green"
     assert colors(w.params())["green"] == (v2, "1", "100")
@@ -271,9 +275,13 @@ def test_green_becoming_healthy_late_but_in_time_is_released(live_v1: tuple[Worl
 
 def test_health_lost_at_the_50_percent_step_rolls_back(live_v1: tuple[World, str, str]) -> None:
     w, v1, v2 = live_v1
-    w.health.states[v2] = lambda n: "unhealthy" if w.rec.last_parameters().get("GreenWeight") == "50" else "healthy"
+    w.health.states[v2] = lambda n: (
+        "unhealthy" if w.rec.last_parameters().get("GreenWeight") == "50" else "healthy"
+    )
     mark = w.rec.mark()
-    with pytest.raises(DeployError, match=r"bake green at 50%: green \(build 2222222222bb\) became unhealthy"):
+    with pytest.raises(
+        DeployError, match=r"bake green at 50%: green \(build 2222222222bb\) became unhealthy"
+    ):
         w.deploy(B2)
     assert [colors(p)["green"][2] for p in w.rec.stack_parameter_sets(mark)] == ["0", "10", "50", "0"]
     assert colors(w.rec.stack_parameter_sets(mark)[-1]) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
@@ -286,7 +294,7 @@ def test_too_many_5xx_during_a_bake_rolls_back(live_v1: tuple[World, str, str]) 
 
     from pipeline.aws.health import arn_suffix
 
-    w, v1, v2 = live_v1
+    w, v1, _v2 = live_v1
     outputs = stack_outputs(w.clients)
     w.clients.client("cloudwatch").put_metric_data(
         Namespace="AWS/ApplicationELB",
@@ -294,8 +302,14 @@ def test_too_many_5xx_during_a_bake_rolls_back(live_v1: tuple[World, str, str]) 
             {
                 "MetricName": "HTTPCode_Target_5XX_Count",
                 "Dimensions": [
-                    {"Name": "LoadBalancer", "Value": arn_suffix(outputs["LoadBalancerArn"], "loadbalancer/")},
-                    {"Name": "TargetGroup", "Value": arn_suffix(outputs["GreenTargetGroupArn"], "targetgroup/")},
+                    {
+                        "Name": "LoadBalancer",
+                        "Value": arn_suffix(outputs["LoadBalancerArn"], "loadbalancer/"),
+                    },
+                    {
+                        "Name": "TargetGroup",
+                        "Value": arn_suffix(outputs["GreenTargetGroupArn"], "targetgroup/"),
+                    },
                 ],
                 "Timestamp": datetime.now(UTC),
                 "Value": 40,
@@ -316,7 +330,9 @@ def test_a_failed_stack_update_rolls_back_and_names_the_failing_resource(
     with pytest.raises(DeployError) as err:
         w.deploy(B2)
     line = str(err.value)
-    assert "ended in UPDATE_ROLLBACK_COMPLETE: GreenServerGroup UPDATE_FAILED: Group did not stabilize" in line
+    assert (
+        "ended in UPDATE_ROLLBACK_COMPLETE: GreenServerGroup UPDATE_FAILED: Group did not stabilize" in line
+    )
     assert "rolled back: blue has 100% of the traffic" in line
     assert failed == [1]
     assert [colors(p)["green"] for p in w.rec.stack_parameter_sets(mark)] == [
@@ -331,7 +347,7 @@ def test_a_failed_stack_update_rolls_back_and_names_the_failing_resource(
 
 
 def test_ctrl_c_mid_shift_rolls_back(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+    w, v1, _v2 = live_v1
 
     def interrupt(clock: FakeClock) -> None:
         if w.rec.last_parameters().get("GreenWeight") == "50":
@@ -365,7 +381,10 @@ def test_ctrl_c_during_retention_keeps_the_new_release_live(live_v1: tuple[World
     v3 = w.ami(B3)
     mark = w.rec.mark()
     assert w.deploy(B3).live == "blue"
-    assert [colors(p)["blue"] for p in w.rec.stack_parameter_sets(mark)][:2] == [(v1, "0", "0"), (v3, "1", "0")]
+    assert [colors(p)["blue"] for p in w.rec.stack_parameter_sets(mark)][:2] == [
+        (v1, "0", "0"),
+        (v3, "1", "0"),
+    ]
 
 
 def test_first_release_that_is_not_healthy_is_reported_and_the_stack_kept(world: World) -> None:
@@ -377,7 +396,7 @@ def test_first_release_that_is_not_healthy_is_reported_and_the_stack_kept(world:
     assert colors(world.params())["blue"] == (v1, "1", "100")
 
 
-# -- bad input: one line, non-zero exit, nothing changed ------------------------------------------------------
+# -- bad input: one line, non-zero exit, nothing changed -------------------------------------------
 
 
 def assert_refused(w: World, build_id: str, expected: str, settings: Settings | None = None) -> str:
@@ -396,7 +415,11 @@ def assert_refused(w: World, build_id: str, expected: str, settings: Settings | 
 
 
 def stack_exists(w: World) -> bool:
-    return bool(w.clients.cloudformation().list_stacks(StackStatusFilter=["CREATE_COMPLETE", "UPDATE_COMPLETE"])["StackSummaries"])
+    return bool(
+        w.clients.cloudformation().list_stacks(StackStatusFilter=["CREATE_COMPLETE", "UPDATE_COMPLETE"])[
+            "StackSummaries"
+        ]
+    )
 
 
 @pytest.mark.parametrize(
@@ -410,8 +433,10 @@ def stack_exists(w: World) -> bool:
         ("IMPORT_MAGIC_STATE", "a state the pipeline does not know: IMPORT_MAGIC_STATE"),
     ],
 )
-def test_a_stack_in_a_state_it_cannot_leave_is_refused(live_v1: tuple[World, str, str], status: str, expected: str) -> None:
-    w, v1, v2 = live_v1
+def test_a_stack_in_a_state_it_cannot_leave_is_refused(
+    live_v1: tuple[World, str, str], status: str, expected: str
+) -> None:
+    w, v1, _v2 = live_v1
     set_stack_status(STACK, status)
     line = assert_refused(w, B2, expected)
     assert line.startswith(f"stack {STACK} ")
@@ -419,29 +444,40 @@ def test_a_stack_in_a_state_it_cannot_leave_is_refused(live_v1: tuple[World, str
 
 
 def test_an_ami_missing_in_the_region_is_refused(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+    w, _v1, _v2 = live_v1
     # B3 has an AMI, but only in another region
     other = Clients(region="us-west-2", session=w.clients.session)
     register_ami(other, w.settings, B3)
-    assert_refused(w, B3, "no AMI of build 3333333333cc (beam, hvm) in us-east-1 (hint: run: invoke ami --env dev")
+    assert_refused(
+        w, B3, "no AMI of build 3333333333cc (beam, hvm) in us-east-1 (hint: run: invoke ami --env dev"
+    )
 
 
 def test_an_instance_type_that_cannot_boot_the_image_is_refused(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+    w, _v1, _v2 = live_v1
     pv = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv"])
     w.ami(B2, "pv")
     assert_refused(w, B2, 'deploy.instance_type: "t3.micro" cannot boot pv images', pv)
 
 
 def test_a_pv_release_on_a_pv_instance_type_is_deployed(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
-    pv = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv", "deploy.instance_type=m3.medium"])
+    w, _v1, _v2 = live_v1
+    pv = config.load(
+        REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv", "deploy.instance_type=m3.medium"]
+    )
     v2pv = w.ami(B2, "pv")
     mark = w.rec.mark()
     deploy.deploy(pv, w.clients, w.runtime(), B2)
     first = w.rec.stack_parameter_sets(mark)[0]
-    assert (first["GreenImageId"], first["GreenInstanceType"], first["GreenVirtualization"]) == (v2pv, "m3.medium", "pv")
-    assert (first["BlueInstanceType"], first["BlueVirtualization"]) == ("t3.micro", "hvm")  # blue's own release
+    assert (first["GreenImageId"], first["GreenInstanceType"], first["GreenVirtualization"]) == (
+        v2pv,
+        "m3.medium",
+        "pv",
+    )
+    assert (first["BlueInstanceType"], first["BlueVirtualization"]) == (
+        "t3.micro",
+        "hvm",
+    )  # blue's own release
 
 
 def test_a_deploy_while_the_traffic_is_split_is_refused_until_rollback_chooses(
@@ -452,7 +488,14 @@ def test_a_deploy_while_the_traffic_is_split_is_refused_until_rollback_chooses(
     killed = fail_updates(monkeypatch, lambda p: False, "-")
     assert killed == []
     params = w.params()
-    split = {**params, "GreenImageId": v2, "GreenCapacity": "1", "GreenWeight": "50", "BlueWeight": "50", "GreenBuildId": B2}
+    split = {
+        **params,
+        "GreenImageId": v2,
+        "GreenCapacity": "1",
+        "GreenWeight": "50",
+        "BlueWeight": "50",
+        "GreenBuildId": B2,
+    }
     w.clients.cloudformation().update_stack(
         StackName=STACK,
         UsePreviousTemplate=True,
@@ -476,13 +519,13 @@ def test_rollback_without_a_previous_release_is_refused(world: World) -> None:
         deploy.rollback(world.settings, world.clients, world.runtime())
     world.deploy(B1)
     mark = world.rec.mark()
-    with pytest.raises(DeployError, match="blue and green run the same release .* no previous release"):
+    with pytest.raises(DeployError, match=r"blue and green run the same release .* no previous release"):
         deploy.rollback(world.settings, world.clients, world.runtime())
     assert [c for c in world.rec.since(mark) if c.mutating] == []
 
 
 def test_a_declined_confirmation_changes_nothing(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+    w, _v1, _v2 = live_v1
     before = w.params()
     mark = w.rec.mark()
     with pytest.raises(DeployError, match="not confirmed: nothing was changed"):
@@ -496,7 +539,7 @@ def test_a_declined_confirmation_changes_nothing(live_v1: tuple[World, str, str]
 def test_dry_run_shows_the_plan_and_changes_nothing(
     live_v1: tuple[World, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    w, v1, v2 = live_v1
+    w, _v1, v2 = live_v1
     capsys.readouterr()
     mark = w.rec.mark()
     out = w.deploy(B2, dry_run=True)
@@ -507,8 +550,10 @@ def test_dry_run_shows_the_plan_and_changes_nothing(
     assert "shift 50% of the traffic to green" in shown
 
 
-def test_a_template_change_with_the_same_release_updates_only_the_stack(live_v1: tuple[World, str, str]) -> None:
-    w, v1, v2 = live_v1
+def test_a_template_change_with_the_same_release_updates_only_the_stack(
+    live_v1: tuple[World, str, str],
+) -> None:
+    w, v1, _v2 = live_v1
     changed = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.allowed_cidrs=['203.0.113.0/24']"])
     mark = w.rec.mark()
     out = deploy.deploy(changed, w.clients, w.runtime(), B1)
@@ -519,7 +564,7 @@ def test_a_template_change_with_the_same_release_updates_only_the_stack(live_v1:
     assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
 
 
-# -- plan ---------------------------------------------------------------------------------------------------
+# -- plan ------------------------------------------------------------------------------------------
 
 
 def test_plan_reports_build_ami_and_deploy_without_changing_anything(
@@ -560,6 +605,9 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     register_ami(clients, s2, b2)
     mark = rec.mark()
     fourth = {p.stage: p for p in deploy.plan(s2, clients, runtime)}
-    assert (fourth["deploy"].action, fourth["deploy"].detail) == ("would roll out", f"build {b2} to green in 10 steps")
+    assert (fourth["deploy"].action, fourth["deploy"].detail) == (
+        "would roll out",
+        f"build {b2} to green in 10 steps",
+    )
     assert {c.operation for c in rec.since(mark) if c.mutating} == {"CreateChangeSet", "DeleteChangeSet"}
     assert clients.cloudformation().list_change_sets(StackName=STACK)["Summaries"] == []

@@ -58,7 +58,7 @@ def walk(value: Any) -> Any:
             yield from walk(v)
 
 
-# -- security defaults -------------------------------------------------------------------------------------
+# -- security defaults -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -139,7 +139,7 @@ def test_scratch_device_follows_the_image_target_and_virtualization(monkeypatch:
     assert data["BlockDeviceMappings"][0]["DeviceName"] == {"Fn::If": ["GreenIsPv", "/dev/xvdb", "/dev/sdb"]}
 
 
-# -- the blue/green shape ---------------------------------------------------------------------------------
+# -- the blue/green shape --------------------------------------------------------------------------
 
 
 def test_traffic_is_split_by_a_weighted_listener_rule_over_both_target_groups() -> None:
@@ -222,7 +222,7 @@ def stack_fields() -> tuple[str, ...]:
     return ("ImageId", "BuildId", "InstanceType", "Virtualization", "Capacity", "Weight")
 
 
-# -- PV instance types ---------------------------------------------------------------------------------------
+# -- PV instance types -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -267,7 +267,7 @@ def test_template_rules_allow_only_pv_types_for_pv_colours() -> None:
         assert t["Parameters"][f"{color}Virtualization"]["AllowedValues"] == ["hvm", "pv"]
 
 
-# -- the release state ------------------------------------------------------------------------------------
+# -- the release state -----------------------------------------------------------------------------
 
 
 def test_state_passes_every_parameter_explicitly_and_reads_back() -> None:
@@ -303,7 +303,7 @@ def stack_state() -> StackState:
     return StackState(Side(r, 1, 100), Side(r, 0, 0))
 
 
-# -- cfn-lint and cfn/ ----------------------------------------------------------------------------------------
+# -- cfn-lint and cfn/ -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

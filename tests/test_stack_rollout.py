@@ -14,7 +14,9 @@ def weights(s: StackState) -> tuple[int, int]:
     return s.blue.weight, s.green.weight
 
 
-def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_old_colour_scales_down() -> None:
+def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_old_colour_scales_down() -> (
+    None
+):
     current = rollout.first_state(V1, 2)
     steps = rollout.rollout_steps(current, "green", V2, 2, (10, 50, 100), 60, 300)
     assert [(s.kind, s.label) for s in steps] == [
@@ -51,7 +53,10 @@ def test_capacity_follows_the_setting_and_identical_updates_are_dropped() -> Non
     steps = rollout.rollout_steps(current, "green", V2, 3, (100,), 0, 0)
     assert steps[0].kind == "wait_healthy"  # nothing to change before the health gate
     updates = [s.state for s in steps if s.state is not None]
-    assert updates == [StackState(Side(V1, 1, 0), Side(V2, 3, 100)), StackState(Side(V1, 0, 0), Side(V2, 3, 100))]
+    assert updates == [
+        StackState(Side(V1, 1, 0), Side(V2, 3, 100)),
+        StackState(Side(V1, 0, 0), Side(V2, 3, 100)),
+    ]
 
 
 def test_a_split_rollback_starts_from_the_current_weights() -> None:

@@ -123,15 +123,16 @@ class Deployment:
         cfn.wait(self.cf, stack_id, events, self.waiter, "create")
         self.read()
 
-    def apply(self, state: StackState, label: str) -> None:
-        """Update the stack to ``state`` (every parameter passed) and wait for it; a no-op when the stack
-        already has exactly these parameters and this run already sent the template."""
+    def apply(self, state: StackState, label: str, restoring: bool = False) -> None:
+        """Update the stack to ``state`` (every parameter passed) and wait for it. A no-op when the stack
+        already has exactly these parameters and this run already sent the template (or, ``restoring``,
+        whatever template it has: a rollback is about the release, not the template)."""
         info = self.read()
         if info is None:
             raise DeployError(f"stack {self.name} disappeared during the rollout", hint="invoke status")
         wanted = {p["ParameterKey"]: p["ParameterValue"] for p in state.parameters()}
         keys = rollout.color_keys()
-        if self.template_sent and all(info.parameters.get(k) == wanted[k] for k in keys):
+        if (self.template_sent or restoring) and all(info.parameters.get(k) == wanted[k] for k in keys):
             log.info("%s: stack already has these parameters", label)
             return
         ui.say(f"stack update: {label}")
@@ -216,21 +217,23 @@ class Deployment:
                     "(invoke rollback returns to it; the next deploy scales it down)"
                 )
                 raise
-            cause = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else _describe(err)
+            cause, hint = (
+                ("interrupted (Ctrl-C)", None) if isinstance(err, KeyboardInterrupt) else _describe(err)
+            )
             ui.warn(f"{step.label}: {cause}; rolling back")
             back = rollout.restore_state(original, target)
             try:
                 self.wait_stable()
-                self.apply(back, f"roll back: {opposite(target)} 100%, {target} 0 instances")
+                self.apply(back, f"roll back: {opposite(target)} 100%, {target} 0 instances", restoring=True)
             except (Exception, KeyboardInterrupt) as rb:
                 raise DeployError(
-                    f"{step.label}: {cause}; the rollback failed too: {_describe(rb)}",
-                    hint="invoke status shows the state; invoke rollback retries",
+                    f"{step.label}: {cause}; the rollback failed too: {_describe(rb)[0]}",
+                    hint=hint or "invoke status shows the state; invoke rollback retries",
                 ) from err
             raise DeployError(
                 f"{step.label}: {cause}; rolled back: {opposite(target)} has 100% of the traffic, "
                 f"{target} has no instances",
-                hint="invoke status shows the state; fix the release and deploy again",
+                hint=hint or "invoke status shows the state; fix the release and deploy again",
             ) from err
 
     def hold(self, seconds: float) -> None:
@@ -239,10 +242,13 @@ class Deployment:
             self.runtime.sleep(min(remaining, 60.0))
 
 
-def _describe(err: BaseException) -> str:
+def _describe(err: BaseException) -> tuple[str, str | None]:
+    """What went wrong (one line, no hint) and the hint that goes with it, if any."""
     if isinstance(err, ClientError):
-        return str(cfn.aws_failure(err, "AWS call"))
-    return str(err) or type(err).__name__
+        err = cfn.aws_failure(err, "AWS call")
+    if isinstance(err, PipelineError):
+        return " ".join(err.message.split()), err.hint
+    return str(err) or type(err).__name__, None
 
 
 def _aws_errors(doing: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -233,7 +233,8 @@ class AwsHealth:
         return http_probe(self.probe_url + path, {COLOR_HEADER: color}, self.timeout)
 
     def errors_5xx(self, load_balancer_arn: str, target_group_arn: str, minutes: int) -> int:
-        end = datetime.now(UTC)
+        # Whole minutes, the last one still running (CloudWatch aggregates per period from StartTime).
+        end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
         resp = self.cloudwatch.get_metric_statistics(
             Namespace="AWS/ApplicationELB",
             MetricName="HTTPCode_Target_5XX_Count",
@@ -241,7 +242,7 @@ class AwsHealth:
                 {"Name": "LoadBalancer", "Value": arn_suffix(load_balancer_arn, "loadbalancer/")},
                 {"Name": "TargetGroup", "Value": arn_suffix(target_group_arn, "targetgroup/")},
             ],
-            StartTime=end - timedelta(minutes=minutes),
+            StartTime=end - timedelta(minutes=minutes + 1),
             EndTime=end,
             Period=60,
             Statistics=["Sum"],
