@@ -178,12 +178,13 @@ def deploy(
 ) -> None:
     """Roll the build's AMI out blue/green: new colour, health gate, traffic in steps, rollback on failure."""
     from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
 
     with failures():
         s = load(env, set_)
         clients = _clients(s)
         outcome = deployer.deploy(s, clients, deployer.Runtime(confirm=_confirm(yes)), build_id, dry_run)
-        deployer.show_status(deployer.status(s, clients), outcome.stack)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
         if outcome.url:
             ui.result(outcome.url)
 
@@ -206,13 +207,13 @@ def plan(c: Context, env: str | None = None, set_: list[str] | None = None) -> N
 @task(iterable=["set_"], help={**COMMON_HELP, "json": "print the status as JSON on stdout"})
 def status(c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False) -> None:
     """Colours, AMIs, build ids, capacities, weights, target health and the stack's status."""
-    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
     from pipeline.aws.tags import stack_name
 
     with failures():
         s = load(env, set_)
-        st = deployer.status(s, _clients(s))
-        deployer.show_status(st, stack_name(s.app.name, s.env))
+        st = stack_status.status(s, _clients(s))
+        stack_status.show_status(st, stack_name(s.app.name, s.env))
         if json:
             ui.result(st.record() if st else None)
 
@@ -228,15 +229,17 @@ def rollback(
 ) -> None:
     """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
     from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.params import COLORS
 
     with failures():
-        if to not in (None, "blue", "green"):
+        color = next((c for c in COLORS if c == to), None)
+        if to is not None and color is None:
             raise ConfigError(f'--to: expected "blue" or "green", got "{to}"')
         s = load(env, set_)
         clients = _clients(s)
-        color = "blue" if to == "blue" else "green" if to == "green" else None
         outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
-        deployer.show_status(deployer.status(s, clients), outcome.stack)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
 
 
 @task(iterable=["set_"], help=DEPLOY_HELP)
@@ -248,11 +251,12 @@ def destroy(
     dry_run: bool = False,
 ) -> None:
     """Delete the environment's stack (after confirmation); list the AMIs gc could then remove."""
-    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.deployment import Runtime
 
     with failures():
         s = load(env, set_)
-        gone = deployer.destroy(s, _clients(s), deployer.Runtime(confirm=_confirm(yes)), dry_run)
+        gone = stack_status.destroy(s, _clients(s), Runtime(confirm=_confirm(yes)), dry_run)
         if gone.images:
             ui.say(f"AMIs of {s.app.name}/{s.env} that gc could remove now: {', '.join(gone.images)}")
         for image in gone.images:

@@ -16,6 +16,7 @@ import pytest
 
 from pipeline import build, config, ui
 from pipeline.aws import deploy
+from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
 from pipeline.config import Settings
@@ -209,7 +210,7 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert [c.action for c in rec.since(mark) if c.mutating] == []
 
     # status: colours, AMIs, builds, capacities, weights, target health, stack status
-    st = deploy.status(s2, clients)
+    st = stack_status.status(s2, clients)
     assert st is not None
     rows = {c.color: c for c in st.colors}
     assert (st.status, st.live) == ("UPDATE_COMPLETE", "green")
@@ -218,7 +219,7 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert [t.state for t in rows["green"].targets] == ["healthy"]
     assert (rows["blue"].image_id, rows["blue"].capacity, rows["blue"].weight) == (ami1, 0, 0)
     monkeypatch.setattr(ui.console, "width", 200)
-    deploy.show_status(st, STACK)
+    stack_status.show_status(st, STACK)
     table = capsys.readouterr().err
     assert "green (live)" in table and ami2 in table and "1 healthy" in table
 
@@ -236,10 +237,10 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert w.rule_weights() == {"blue": 100, "green": 0}
 
     # destroy: the stack goes, the AMIs are reported for gc
-    gone = deploy.destroy(s2, clients, w.runtime())
+    gone = stack_status.destroy(s2, clients, w.runtime())
     assert gone.deleted
     assert set(gone.images) == {ami1, ami2}
-    assert deploy.status(s2, clients) is None
+    assert stack_status.status(s2, clients) is None
     assert [q for q in w.questions if "delete stack" in q]
 
 

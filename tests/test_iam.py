@@ -15,6 +15,7 @@ import pytest
 
 from pipeline import config
 from pipeline.aws import deploy, iam, stack
+from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
@@ -261,9 +262,9 @@ def run_cycle(s: Settings, session: boto3.Session, rec: Recorder | None = None) 
     deploy.deploy(s, clients, rt, "1111111111aa")
     deploy.deploy(s, clients, rt, "2222222222bb")
     deploy.deploy(s, clients, rt, "2222222222bb")
-    assert deploy.status(s, clients) is not None
+    assert stack_status.status(s, clients) is not None
     deploy.rollback(s, clients, rt)
-    deploy.destroy(s, clients, rt)
+    stack_status.destroy(s, clients, rt)
 
 
 def test_the_pipeline_runs_under_the_policy(cycle: dict[str, Any]) -> None:
@@ -338,7 +339,7 @@ def test_without_a_key_action_the_pipeline_stops_with_a_clear_line(
     assert fails_at in line and "(hint: invoke iam-policy prints the policy the pipeline needs" in line
     assert "\n" not in line
     # the live release is untouched: v1 live on blue, or no stack at all
-    st = deploy.status(s, make_clients())
+    st = stack_status.status(s, make_clients())
     assert st is None or (
         st.live == "blue" and {c.color: c.image_id for c in st.colors}["blue"] == cycle["v1"]
     )

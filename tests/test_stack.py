@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from pipeline import config
-from pipeline.aws import stack
-from pipeline.aws.stack import Release, Side, StackParams, StackState
+from pipeline.aws import params, stack
+from pipeline.aws.params import Release, Side, StackState
+from pipeline.aws.stack import StackParams
 from pipeline.errors import ConfigError
 from pipeline.images.devices import scratch_device
 
@@ -243,12 +244,12 @@ def stack_fields() -> tuple[str, ...]:
 def test_only_pv_capable_instance_types_validate_for_pv_images(
     instance_type: str, virtualization: str, fits: bool
 ) -> None:
-    assert stack.instance_type_fits(instance_type, virtualization) is fits  # type: ignore[arg-type]
+    assert params.instance_type_fits(instance_type, virtualization) is fits  # type: ignore[arg-type]
     if fits:
-        stack.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
+        params.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
     else:
         with pytest.raises(ConfigError) as err:
-            stack.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
+            params.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
         line = str(err.value)
         assert "\n" not in line
         assert line.startswith(f'deploy.instance_type: "{instance_type}" cannot boot pv images')
@@ -262,8 +263,8 @@ def test_template_rules_allow_only_pv_types_for_pv_colours() -> None:
         assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": f"{color}Virtualization"}, "pv"]}
         allowed, ref = rule["Assertions"][0]["Assert"]["Fn::Contains"]
         assert ref == {"Ref": f"{color}InstanceType"}
-        assert all(stack.instance_type_fits(it, "pv") for it in allowed)
-        assert {it.split(".")[0] for it in allowed} == set(stack.PV_FAMILIES)
+        assert all(params.instance_type_fits(it, "pv") for it in allowed)
+        assert {it.split(".")[0] for it in allowed} == set(params.PV_FAMILIES)
         assert t["Parameters"][f"{color}Virtualization"]["AllowedValues"] == ["hvm", "pv"]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.aws import rollout
-from pipeline.aws.stack import Release, Side, StackState
+from pipeline.aws.params import Release, Side, StackState
 
 V1 = Release("ami-0000000000000v1", "1111111111aa", "t3.micro", "hvm")
 V2 = Release("ami-0000000000000v2", "2222222222bb", "t3.micro", "hvm")

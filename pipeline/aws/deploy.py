@@ -1,5 +1,4 @@
-"""The deploy stage: roll a build's AMI out as a health-gated blue/green release, and its companions
-(plan, rollback, status, destroy).
+"""The deploy stage: roll a build's AMI out as a health-gated blue/green release; plan and rollback.
 
 All deployment state lives in the stack's parameters (which image each colour runs, how many
 instances, which share of the traffic); every change is a stack update passing all of them, so the
@@ -8,26 +7,20 @@ step, verify (see :mod:`pipeline.aws.rollout` for the steps); any failure before
 baked at 100% (a failed update, unhealthy targets, a timeout, Ctrl-C) rolls back to the old colour.
 
 Nothing here prompts: the caller passes ``confirm`` (tasks.py asks the user, or ``--yes`` answers).
-Waiting uses the injected ``sleep`` and ``clock``.
+Waiting uses the injected ``sleep`` and ``clock``. :mod:`pipeline.aws.status` has status and destroy.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from botocore.exceptions import ClientError
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline import build, ui
 from pipeline.aws import cfn, rollout, stack, tags
-from pipeline.aws.health import AwsHealth, HealthGate, HealthSource, Subject, Target
+from pipeline.aws.deployment import Deployment, Runtime, aws_errors
+from pipeline.aws.params import Color, Release, StackState, check_instance_type
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
-from pipeline.aws.stack import COLORS, Color, Release, StackState
 from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
 from pipeline.images.devices import Virtualization
@@ -36,21 +29,7 @@ from pipeline.manifest import MANIFEST
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import FilterTypeDef
 
-log = logging.getLogger(__name__)
-
-
-def _never(_question: str) -> bool:
-    return False
-
-
-@dataclass
-class Runtime:
-    """How a rollout waits, asks and judges health (tests replace all of it)."""
-
-    sleep: Callable[[float], None] = time.sleep
-    clock: Callable[[], float] = time.monotonic
-    confirm: Callable[[str], bool] = _never  # asked before any change; tasks.py prompts or --yes
-    health: HealthSource | None = None  # None: ELBv2 target health, CloudWatch and HTTP probes
+__all__ = ["Outcome", "Runtime", "StagePlan", "deploy", "find_image", "plan", "rollback"]
 
 
 @dataclass(frozen=True)
@@ -63,209 +42,6 @@ class Outcome:
     build_id: str
     image_id: str
     url: str = ""
-
-
-class Deployment:
-    """One app/env stack and the calls that read and change it."""
-
-    def __init__(self, settings: Settings, clients: Clients, runtime: Runtime) -> None:
-        self.settings = settings
-        self.clients = clients
-        self.runtime = runtime
-        self.params = stack.params_for(settings)
-        self.name = self.params.stack_name
-        self.template = stack.render(self.params)
-        self.cf = clients.cloudformation()
-        self.waiter = cfn.Waiter(runtime.sleep, runtime.clock)
-        self.stack_tags = tags.to_aws(
-            {
-                tags.MANAGED: tags.MANAGED_BY,
-                tags.APP: settings.app.name,
-                tags.ENV: settings.env,
-                tags.TARGET: settings.image.target,
-            }
-        )
-        self.template_sent = False
-        self.info: cfn.StackInfo | None = None
-
-    # -- reading ----------------------------------------------------------------------------------------
-
-    def read(self) -> cfn.StackInfo | None:
-        self.info = cfn.describe(self.cf, self.name)
-        return self.info
-
-    def state(self, info: cfn.StackInfo) -> StackState:
-        try:
-            return StackState.from_parameters(
-                info.parameters, self.settings.deploy.vpc_id, self.settings.deploy.subnet_ids
-            )
-        except (KeyError, ValueError) as err:
-            raise DeployError(
-                f"stack {self.name}: its parameters do not describe a blue/green release ({err})",
-                hint="was it made by another tool? remove it with invoke destroy or pick another env",
-            ) from err
-
-    def live_template_differs(self) -> bool:
-        body = self.cf.get_template(StackName=self.name, TemplateStage="Original")["TemplateBody"]
-        deployed = json.loads(body) if isinstance(body, str) else body
-        return bool(deployed != json.loads(self.template))
-
-    # -- changing ---------------------------------------------------------------------------------------
-
-    def events(self, stack_id: str) -> cfn.EventStream:
-        return cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]")).open()
-
-    def create(self, state: StackState) -> None:
-        ui.say(f"creating stack {self.name}")
-        stack_id = cfn.create(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
-        self.template_sent = True
-        events = cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]"))
-        cfn.wait(self.cf, stack_id, events, self.waiter, "create")
-        self.read()
-
-    def apply(self, state: StackState, label: str, restoring: bool = False) -> None:
-        """Update the stack to ``state`` (every parameter passed) and wait for it. A no-op when the stack
-        already has exactly these parameters and this run already sent the template (or, ``restoring``,
-        whatever template it has: a rollback is about the release, not the template)."""
-        info = self.read()
-        if info is None:
-            raise DeployError(f"stack {self.name} disappeared during the rollout", hint="invoke status")
-        wanted = {p["ParameterKey"]: p["ParameterValue"] for p in state.parameters()}
-        keys = rollout.color_keys()
-        if (self.template_sent or restoring) and all(info.parameters.get(k) == wanted[k] for k in keys):
-            log.info("%s: stack already has these parameters", label)
-            return
-        ui.say(f"stack update: {label}")
-        events = self.events(info.stack_id)
-        changed = cfn.update(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
-        self.template_sent = True
-        if changed:
-            cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")
-        self.read()
-
-    def wait_stable(self) -> cfn.StackInfo | None:
-        """Let an operation that is still running finish (after Ctrl-C during a wait)."""
-        info = self.read()
-        if info is not None and info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
-            ui.say(f"waiting for {self.name} to finish {info.status}")
-            try:
-                cfn.wait(
-                    self.cf, info.stack_id, self.events(info.stack_id), self.waiter, "the interrupted update"
-                )
-            except cfn.StackFailed as err:
-                log.info("interrupted operation ended badly: %s", err)
-            info = self.read()
-        return info
-
-    # -- health -----------------------------------------------------------------------------------------
-
-    def source(self) -> HealthSource:
-        if self.runtime.health is not None:
-            return self.runtime.health
-        outputs = self.info.outputs if self.info else {}
-        probe_url = outputs.get("Url") if self.settings.aws.endpoint == "aws" else None
-        return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url)
-
-    def gate(self) -> HealthGate:
-        return HealthGate(
-            self.source(), self.runtime.sleep, self.runtime.clock, lambda line: ui.say(f"  {line}")
-        )
-
-    def subject(self, color: Color, state: StackState) -> Subject:
-        outputs = self.info.outputs if self.info else {}
-        try:
-            return Subject(
-                color=color,
-                target_group_arn=outputs[f"{color.capitalize()}TargetGroupArn"],
-                load_balancer_arn=outputs["LoadBalancerArn"],
-                capacity=state.side(color).capacity,
-                build_id=state.side(color).release.build_id,
-            )
-        except KeyError as err:
-            raise DeployError(f"stack {self.name} has no output {err}", hint="invoke status") from err
-
-    # -- the rollout ------------------------------------------------------------------------------------
-
-    def run(self, original: StackState, target: Color, steps: list[Step]) -> None:
-        """Carry out ``steps``; roll back to :func:`rollout.restore_state` on any failure before the
-        target has baked at 100%."""
-        settled = False
-        current = original
-        step = steps[0]
-        try:
-            for step in steps:
-                if step.kind == "update" and step.state is not None:
-                    self.apply(step.state, step.label)
-                    current = step.state
-                elif step.kind == "wait_healthy":
-                    ui.say(step.label)
-                    self.gate().wait_healthy(
-                        self.subject(target, current), self.settings.deploy.health_timeout_seconds
-                    )
-                elif step.kind == "bake":
-                    ui.say(f"{step.label} for {step.seconds:g}s")
-                    self.gate().watch(self.subject(target, current), step.seconds)
-                    settled = settled or step.full
-                elif step.kind == "retain":
-                    ui.say(step.label)
-                    self.hold(step.seconds)
-        except (Exception, KeyboardInterrupt) as err:
-            if settled:
-                other = opposite(target)
-                ui.warn(
-                    f"{target} is live with all the traffic; {other} still runs its instances "
-                    "(invoke rollback returns to it; the next deploy scales it down)"
-                )
-                raise
-            cause, hint = (
-                ("interrupted (Ctrl-C)", None) if isinstance(err, KeyboardInterrupt) else _describe(err)
-            )
-            ui.warn(f"{step.label}: {cause}; rolling back")
-            back = rollout.restore_state(original, target)
-            try:
-                self.wait_stable()
-                self.apply(back, f"roll back: {opposite(target)} 100%, {target} 0 instances", restoring=True)
-            except (Exception, KeyboardInterrupt) as rb:
-                raise DeployError(
-                    f"{step.label}: {cause}; the rollback failed too: {_describe(rb)[0]}",
-                    hint=hint or "invoke status shows the state; invoke rollback retries",
-                ) from err
-            raise DeployError(
-                f"{step.label}: {cause}; rolled back: {opposite(target)} has 100% of the traffic, "
-                f"{target} has no instances",
-                hint=hint or "invoke status shows the state; fix the release and deploy again",
-            ) from err
-
-    def hold(self, seconds: float) -> None:
-        end = self.runtime.clock() + seconds
-        while (remaining := end - self.runtime.clock()) > 0:
-            self.runtime.sleep(min(remaining, 60.0))
-
-
-def _describe(err: BaseException) -> tuple[str, str | None]:
-    """What went wrong (one line, no hint) and the hint that goes with it, if any."""
-    if isinstance(err, ClientError):
-        err = cfn.aws_failure(err, "AWS call")
-    if isinstance(err, PipelineError):
-        return " ".join(err.message.split()), err.hint
-    return str(err) or type(err).__name__, None
-
-
-def _aws_errors(doing: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn an AWS ClientError that escapes ``fn`` into a one-line :class:`AwsError`."""
-
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except ClientError as err:
-                raise cfn.aws_failure(err, doing) from err
-
-        inner.__doc__ = fn.__doc__
-        inner.__name__ = fn.__name__
-        return inner
-
-    return wrap
 
 
 # -- images -------------------------------------------------------------------------------------------------
@@ -310,7 +86,7 @@ def _current_build(settings: Settings) -> str:
 # -- deploy -------------------------------------------------------------------------------------------------
 
 
-@_aws_errors("deploy")
+@aws_errors("deploy")
 def deploy(
     settings: Settings,
     clients: Clients,
@@ -325,7 +101,7 @@ def deploy(
     missing, stack busy or stuck) and a :class:`DeployError` after rolling back a failed release.
     """
     runtime = runtime or Runtime()
-    stack.check_instance_type(settings.deploy.instance_type, settings.virtualization)
+    check_instance_type(settings.deploy.instance_type, settings.virtualization)
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
@@ -441,7 +217,7 @@ def _show_changes(
 # -- rollback -----------------------------------------------------------------------------------------------
 
 
-@_aws_errors("rollback")
+@aws_errors("rollback")
 def rollback(
     settings: Settings,
     clients: Clients,
@@ -478,7 +254,7 @@ def rollback(
             f"stack {d.name}: blue and green run the same release (build {release.build_id}): "
             "there is no previous release to return to",
         )
-    stack.check_instance_type(release.instance_type, release.virtualization)
+    check_instance_type(release.instance_type, release.virtualization)
     s = settings.deploy
     steps = rollout.rollout_steps(
         current, target, release, s.capacity, (100,), s.bake_seconds, s.retention_seconds
@@ -495,184 +271,6 @@ def rollback(
     return Outcome("rolled back", d.name, target, release.build_id, release.image_id, url)
 
 
-# -- status -------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ColorStatus:
-    color: Color
-    weight: int
-    image_id: str
-    build_id: str
-    instance_type: str
-    virtualization: str
-    capacity: int
-    instances: int
-    targets: tuple[Target, ...]
-
-
-@dataclass(frozen=True)
-class Status:
-    stack: str
-    status: str
-    url: str
-    live: Color | None
-    colors: tuple[ColorStatus, ...] = field(default_factory=tuple)
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "stack": self.stack,
-            "status": self.status,
-            "url": self.url,
-            "live": self.live,
-            "colors": [
-                {
-                    "color": c.color,
-                    "weight": c.weight,
-                    "image_id": c.image_id,
-                    "build_id": c.build_id,
-                    "instance_type": c.instance_type,
-                    "virtualization": c.virtualization,
-                    "capacity": c.capacity,
-                    "instances": c.instances,
-                    "targets": {t.target_id: t.state for t in c.targets},
-                }
-                for c in self.colors
-            ],
-        }
-
-
-@_aws_errors("status")
-def status(settings: Settings, clients: Clients, health: HealthSource | None = None) -> Status | None:
-    """The stack's colours, releases, capacities, weights and target health; None if there is none."""
-    d = Deployment(settings, clients, Runtime(health=health))
-    info = d.read()
-    if info is None:
-        return None
-    try:
-        state = d.state(info)
-    except DeployError:
-        return Status(d.name, info.status, info.outputs.get("Url", ""), None)
-    source = d.source()
-    groups = [info.outputs.get(f"{c.capitalize()}ServerGroupName", "") for c in COLORS]
-    counts: dict[str, int] = {}
-    names = [g for g in groups if g]
-    if names:
-        resp = clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=names)
-        counts = {g["AutoScalingGroupName"]: len(g.get("Instances", [])) for g in resp["AutoScalingGroups"]}
-    rows = []
-    for color, group in zip(COLORS, groups, strict=True):
-        side = state.side(color)
-        arn = info.outputs.get(f"{color.capitalize()}TargetGroupArn")
-        rows.append(
-            ColorStatus(
-                color=color,
-                weight=side.weight,
-                image_id=side.release.image_id,
-                build_id=side.release.build_id,
-                instance_type=side.release.instance_type,
-                virtualization=side.release.virtualization,
-                capacity=side.capacity,
-                instances=counts.get(group, 0),
-                targets=tuple(source.targets(arn)) if arn else (),
-            )
-        )
-    return Status(d.name, info.status, info.outputs.get("Url", ""), state.live, tuple(rows))
-
-
-def show_status(st: Status | None, stack_name: str) -> None:
-    """Print the status table (stderr)."""
-    if st is None:
-        ui.say(f"stack {stack_name} does not exist (invoke deploy creates it)")
-        return
-    ui.table(
-        f"stack {st.stack}: {st.status}   {st.url}",
-        ("colour", "traffic", "AMI", "build", "instance type", "capacity", "instances", "targets"),
-        [
-            (
-                c.color + (" (live)" if st.live == c.color else ""),
-                f"{c.weight}%",
-                c.image_id,
-                c.build_id,
-                f"{c.instance_type} ({c.virtualization})",
-                c.capacity,
-                c.instances,
-                _health_summary(c.targets),
-            )
-            for c in st.colors
-        ],
-    )
-
-
-def _health_summary(targets: tuple[Target, ...]) -> str:
-    if not targets:
-        return "-"
-    counts: dict[str, int] = {}
-    for t in targets:
-        counts[t.state] = counts.get(t.state, 0) + 1
-    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-
-
-# -- destroy ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Destroyed:
-    stack: str
-    deleted: bool
-    images: tuple[str, ...]  # AMIs of this app and env that gc could now remove
-
-
-@_aws_errors("destroy")
-def destroy(
-    settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
-) -> Destroyed:
-    """Delete the stack (after confirmation) and list the AMIs that no longer serve it. The AMIs
-    themselves are left for gc."""
-    runtime = runtime or Runtime()
-    d = Deployment(settings, clients, runtime)
-    info = d.read()
-    images = _app_images(clients, settings, info)
-    if info is None:
-        ui.say(f"stack {d.name} does not exist: nothing to delete")
-        return Destroyed(d.name, False, images)
-    if info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
-        raise DeployError(
-            f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
-            hint="wait until it finishes (invoke status), then run invoke destroy again",
-        )
-    ui.say(
-        f"stack {d.name} ({info.status}) and everything in it would be deleted: {info.outputs.get('Url', '')}"
-    )
-    if dry_run:
-        return Destroyed(d.name, False, images)
-    if not runtime.confirm(f"delete stack {d.name} and all its instances?"):
-        raise DeployError(
-            "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
-        )
-    events = d.events(info.stack_id)
-    cfn.delete(d.cf, info.stack_id)
-    cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
-    ui.done(f"stack {d.name} deleted")
-    return Destroyed(d.name, True, images)
-
-
-def _app_images(clients: Clients, settings: Settings, info: cfn.StackInfo | None) -> tuple[str, ...]:
-    """The app/env's AMIs (by the pipeline's tags) plus any the stack's parameters name."""
-    resp = clients.ec2().describe_images(
-        Owners=["self"],
-        Filters=[
-            {"Name": f"tag:{tags.MANAGED}", "Values": [tags.MANAGED_BY]},
-            {"Name": f"tag:{tags.APP}", "Values": [settings.app.name]},
-            {"Name": f"tag:{tags.ENV}", "Values": [settings.env]},
-        ],
-    )
-    found = {i["ImageId"] for i in resp["Images"]}
-    if info is not None:
-        found |= {v for k, v in info.parameters.items() if k.endswith("ImageId")}
-    return tuple(sorted(found))
-
-
 # -- plan ---------------------------------------------------------------------------------------------------
 
 
@@ -683,7 +281,7 @@ class StagePlan:
     detail: str
 
 
-@_aws_errors("plan")
+@aws_errors("plan")
 def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -> list[StagePlan]:
     """What ``invoke build ami deploy`` would do, changing nothing (a deploy plan's change set is
     deleted again)."""
@@ -706,7 +304,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
-    stack.check_instance_type(settings.deploy.instance_type, virtualization)
+    check_instance_type(settings.deploy.instance_type, virtualization)
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         out.append(
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pipeline.aws.stack import COLORS, Color, Release, Side, StackState
+from pipeline.aws.params import COLORS, Color, Release, Side, StackState
 
 StepKind = Literal["update", "wait_healthy", "bake", "retain"]
 
