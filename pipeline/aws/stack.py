@@ -3,7 +3,8 @@
 Pure: a :class:`StackParams` goes in, a troposphere ``Template`` comes out; no AWS calls, no lookups,
 no clock. What changes from release to release is not in the template but in its parameters, one
 set per colour (image, instance type, virtualization, build id, capacity, traffic weight), described
-by :class:`pipeline.aws.params.StackState`. Every change the pipeline makes is a stack update that passes all of them.
+by :class:`pipeline.aws.params.StackState`. Every change the pipeline makes is a stack update that
+passes all of them.
 
 Shape (see cfn/ for the rendered result):
 
