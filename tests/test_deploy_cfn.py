@@ -89,7 +89,7 @@ def test_wait_polls_until_the_update_completes_and_streams_new_events_oldest_fir
             )
         result = cfn.wait(cf, STACK_ID, events, cfn.Waiter(clock.sleep, clock.clock), "update")
         stub.assert_no_pending_responses()
-    assert result == "UPDATE_COMPLETE"
+    assert (result.status, result.outputs) == ("UPDATE_COMPLETE", {"Url": "http://lb.example"})
     assert lines == [
         "12:00:02 erlang-web-dev UPDATE_IN_PROGRESS: User Initiated",
         "12:00:03 GreenServerGroup UPDATE_IN_PROGRESS",

@@ -124,6 +124,10 @@ def describe(cf: CloudFormationClient, stack: str) -> StackInfo | None:
     s = resp["Stacks"][0]
     if s["StackStatus"] == "DELETE_COMPLETE":
         return None
+    return _info(s)
+
+
+def _info(s: Mapping[str, Any]) -> StackInfo:
     return StackInfo(
         stack_id=s["StackId"],
         name=s["StackName"],
@@ -273,8 +277,10 @@ def update(
     return True
 
 
-def wait(cf: CloudFormationClient, stack_id: str, events: EventStream, waiter: Waiter, doing: str) -> str:
-    """Poll until the stack leaves its ``*_IN_PROGRESS`` state; return the final status.
+def wait(
+    cf: CloudFormationClient, stack_id: str, events: EventStream, waiter: Waiter, doing: str
+) -> StackInfo:
+    """Poll until the stack leaves its ``*_IN_PROGRESS`` state; return the stack as it ended.
 
     Raises :class:`StackFailed` (after printing the failing resources' events) unless it ends in a
     good state or is deleted, and :class:`DeployError` when :data:`STACK_TIMEOUT` passes first.
@@ -294,7 +300,7 @@ def wait(cf: CloudFormationClient, stack_id: str, events: EventStream, waiter: W
             )
         waiter.sleep(waiter.poll)
     if status in SUCCEEDED:
-        return str(status)
+        return _info(stack)
     raise StackFailed(
         failure_message(
             stack["StackName"], doing, status, stack.get("StackStatusReason", ""), events.failures

@@ -101,8 +101,7 @@ class Deployment:
         stack_id = cfn.create(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
         self.template_sent = True
         events = cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]"))
-        cfn.wait(self.cf, stack_id, events, self.waiter, "create")
-        self.read()
+        self.info = cfn.wait(self.cf, stack_id, events, self.waiter, "create")
 
     def apply(self, state: StackState, label: str, restoring: bool = False) -> None:
         """Update the stack to ``state`` (every parameter passed) and wait for it. A no-op when the stack
@@ -121,8 +120,7 @@ class Deployment:
         changed = cfn.update(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
         self.template_sent = True
         if changed:
-            cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")
-        self.read()
+            self.info = cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")
 
     def wait_stable(self) -> cfn.StackInfo | None:
         """Let an operation that is still running finish (after Ctrl-C during a wait)."""
