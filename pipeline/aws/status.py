@@ -74,15 +74,21 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
         return Status(d.name, info.status, info.outputs.get("Url", ""), None)
     source = d.source()
     groups = [info.outputs.get(f"{c.capitalize()}ServerGroupName", "") for c in COLORS]
-    counts: dict[str, int] = {}
+    members: dict[str, set[str]] = {}
     names = [g for g in groups if g]
     if names:
         resp = clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=names)
-        counts = {g["AutoScalingGroupName"]: len(g.get("Instances", [])) for g in resp["AutoScalingGroups"]}
+        members = {
+            g["AutoScalingGroupName"]: {i["InstanceId"] for i in g.get("Instances", [])}
+            for g in resp["AutoScalingGroups"]
+        }
     rows = []
     for color, group in zip(COLORS, groups, strict=True):
         side = state.side(color)
         arn = info.outputs.get(f"{color.capitalize()}TargetGroupArn")
+        # The health of the group's own instances (an instance that left the group is deregistering).
+        instances = members.get(group, set())
+        targets = tuple(t for t in source.targets(arn) if t.target_id in instances) if arn else ()
         rows.append(
             ColorStatus(
                 color=color,
@@ -92,8 +98,8 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
                 instance_type=side.release.instance_type,
                 virtualization=side.release.virtualization,
                 capacity=side.capacity,
-                instances=counts.get(group, 0),
-                targets=tuple(source.targets(arn)) if arn else (),
+                instances=len(instances),
+                targets=targets,
             )
         )
     return Status(d.name, info.status, info.outputs.get("Url", ""), state.live, tuple(rows))
