@@ -50,6 +50,13 @@ def status_of(raw: bytes) -> int:
     return int(raw[9:12])
 
 
+def test_the_compiled_app_has_no_nifs_and_lists_its_runtime_dependencies(erlang_web_app: CompiledApp) -> None:
+    # image builders ship the OTP applications named here; LING cannot load NIFs
+    assert erlang_web_app.nif_modules == ()
+    assert erlang_web_app.applications == ("kernel", "stdlib", "mnesia")
+    assert erlang_web_app.version == "0.1.0"
+
+
 # -- endpoints ---------------------------------------------------------------------------------
 
 
@@ -391,3 +398,29 @@ def test_sigterm_drains_idle_connections_and_stops_the_node(erlang_web_node: Sta
         assert s.recv(1) == b""  # the idle connection is closed by the drain, not the idle timeout
         assert n.stop() == 0
         assert time.monotonic() - started < 10
+
+
+def test_sigterm_lets_a_request_in_progress_finish(erlang_web_node: Start) -> None:
+    n = erlang_web_node(request_timeout=8000)
+    with connect(n, timeout=10) as s:
+        s.sendall(b"POST /counter HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+        # the 100 proves the server is reading this request's body when the drain starts
+        assert s.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"a")
+        assert n.proc is not None
+        n.proc.terminate()
+
+        def refused() -> bool | None:
+            try:
+                socket.create_connection(("127.0.0.1", n.port), timeout=1).close()
+                return None
+            except ConnectionRefusedError:
+                return True
+
+        wait_for(refused, 10, "the listener to close")  # draining has begun
+        s.sendall(b"bc")
+        raw = read_until_closed(s)
+    assert status_of(raw) == 200
+    assert b"\r\nConnection: close\r\n" in raw
+    assert raw.endswith(b'{"counter":1}')
+    assert n.stop() == 0

@@ -38,6 +38,9 @@
 
 -record(st, {sock :: inet:socket(),
              opts :: #opts{},
+             %% whether the socket was switched to raw for a body (else it is back in
+             %% http_bin by itself after the headers' empty line)
+             raw = false :: boolean(),
              draining = false :: boolean()}).
 
 -record(req, {method :: erlang_web_http:method(),
@@ -113,9 +116,13 @@ run(serve, Sock, #opts{request_timeout = RT} = Opts) ->
     end.
 
 %% Wait for the next request after a response on a persistent connection.
-next_request(#st{sock = Sock, opts = #opts{idle_timeout = Idle}} = St) ->
-    case inet:setopts(Sock, [{packet, http_bin}, {active, once}]) of
-        ok -> await(St, now_ms() + Idle, undefined);
+next_request(#st{sock = Sock, opts = #opts{idle_timeout = Idle}, raw = Raw} = St) ->
+    Opts = case Raw of
+               true -> [{packet, http_bin}, {active, once}];
+               false -> [{active, once}]
+           end,
+    case inet:setopts(Sock, Opts) of
+        ok -> await(St#st{raw = false}, now_ms() + Idle, undefined);
         {error, _} -> gen_tcp:close(Sock)
     end.
 
@@ -219,7 +226,7 @@ request(#st{opts = #opts{max_body = Max}} = St, #req{length = Len}, _Path)
     error_close(St, 413, <<"request body too large">>);
 request(St, #req{length = Len} = Req, Path) ->
     case read_body(St, Req, Len) of
-        {ok, Body} -> respond(St, Req, Path, Body);
+        {ok, Body} -> respond(St#st{raw = is_integer(Len) andalso Len > 0}, Req, Path, Body);
         timeout -> error_close(St, 408, <<"request not received in time">>);
         closed -> gen_tcp:close(St#st.sock)
     end.

@@ -102,7 +102,7 @@ handle_info(setup, #state{mode = Mode, dir = Dir} = State) ->
             ok = erlang_web_status:set(storage, {ready, Kind});
         {error, Reason} ->
             Text = describe(Reason),
-            error_logger:error_msg("erlang_web: counter storage failed: ~s~n", [Text]),
+            error_logger:error_msg("erlang_web: counter storage failed: ~ts~n", [Text]),
             ok = erlang_web_status:set(storage, {failed, Text})
     end,
     {noreply, State};
@@ -151,7 +151,12 @@ in_use(Dir) ->
         andalso filename:absname(mnesia:system_info(directory)) =:= filename:absname(Dir).
 
 restart_in(Dir) ->
-    stopped = mnesia:stop(),
+    case mnesia:stop() of
+        stopped -> start_in(Dir);
+        {error, Reason} -> {error, {mnesia_stop, Reason}}
+    end.
+
+start_in(Dir) ->
     ok = application:set_env(mnesia, dir, Dir),
     Schema = case mnesia:create_schema([node()]) of
                  ok -> ok;
