@@ -218,6 +218,7 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert (rows["green"].capacity, rows["green"].instances) == (1, 1)
     assert [t.state for t in rows["green"].targets] == ["healthy"]
     assert (rows["blue"].image_id, rows["blue"].capacity, rows["blue"].weight) == (ami1, 0, 0)
+    assert (rows["blue"].instances, rows["blue"].targets) == (0, ())
     monkeypatch.setattr(ui.console, "width", 200)
     stack_status.show_status(st, STACK)
     table = capsys.readouterr().err
