@@ -8,6 +8,7 @@ the image each group's instances run).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +389,24 @@ def test_ctrl_c_during_retention_keeps_the_new_release_live(live_v1: tuple[World
         (v1, "0", "0"),
         (v3, "1", "0"),
     ]
+
+
+def test_an_empty_stack_left_in_review_counts_as_no_stack(world: World) -> None:
+    """A CREATE change set that was never executed leaves an empty REVIEW_IN_PROGRESS stack."""
+    v1 = world.ami(B1)
+    world.clients.cloudformation().create_change_set(
+        StackName=STACK,
+        ChangeSetName="abandoned",
+        ChangeSetType="CREATE",
+        TemplateBody=json.dumps(
+            {"Resources": {"Nothing": {"Type": "AWS::CloudFormation::WaitConditionHandle"}}}
+        ),
+    )
+    mark = world.rec.mark()
+    assert world.deploy(B1).action == "created"
+    assert colors(world.params())["blue"] == (v1, "1", "100")
+    ops = [c.operation for c in world.rec.since(mark) if c.mutating]
+    assert ops == ["DeleteStack", "CreateStack"]  # the empty stack is removed, then the real one made
 
 
 def test_first_release_that_is_not_healthy_is_reported_and_the_stack_kept(world: World) -> None:
