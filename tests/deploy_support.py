@@ -246,6 +246,24 @@ def fail_updates(
     return failed
 
 
+def slow_updates(monkeypatch: pytest.MonkeyPatch, when: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Leave the stack ``UPDATE_IN_PROGRESS`` after the updates whose parameters satisfy ``when``, as
+    CloudFormation does while it works (moto finishes every update before answering); the test ends
+    the update with :func:`set_stack_status`."""
+    from moto.cloudformation import models
+
+    original = models.Stack.update
+
+    def update(
+        self: Any, template: str, role_arn: str | None = None, parameters: Any = None, tags: Any = None
+    ) -> None:
+        original(self, template, role_arn, parameters=parameters, tags=tags)
+        if parameters is not None and when({k: str(v) for k, v in parameters.items()}):
+            self.status = "UPDATE_IN_PROGRESS"
+
+    monkeypatch.setattr(models.Stack, "update", update)
+
+
 def set_stack_status(name: str, status: str) -> None:
     """Put the moto stack ``name`` into ``status`` (states moto never reaches by itself)."""
     from moto.cloudformation.models import cloudformation_backends

@@ -31,6 +31,7 @@ from tests.deploy_support import (
     make_clients,
     register_ami,
     set_stack_status,
+    slow_updates,
 )
 from tests.project import copy_project
 
@@ -362,6 +363,32 @@ def test_ctrl_c_mid_shift_rolls_back(live_v1: tuple[World, str, str]) -> None:
     with pytest.raises(DeployError, match=r"bake green at 50%: interrupted \(Ctrl-C\); rolled back"):
         w.deploy(B2)
     assert [colors(p)["green"][2] for p in w.rec.stack_parameter_sets(mark)] == ["0", "10", "50", "0"]
+    assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
+
+
+def test_ctrl_c_while_cloudformation_works_waits_for_it_then_rolls_back(
+    live_v1: tuple[World, str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w, v1, v2 = live_v1
+    slow_updates(monkeypatch, lambda p: p["GreenWeight"] == "10")
+
+    def interrupt(clock: FakeClock) -> None:
+        # the first poll of the update to 10%: Ctrl-C; after that CloudFormation finishes the update
+        clock.on_sleep = lambda _clock: set_stack_status(STACK, "UPDATE_COMPLETE")
+        raise KeyboardInterrupt
+
+    w.clock.on_sleep = interrupt
+    mark = w.rec.mark()
+    with pytest.raises(
+        DeployError, match=r"shift 10% of the traffic to green: interrupted \(Ctrl-C\); rolled back"
+    ):
+        w.deploy(B2)
+    assert "waiting for erlang-web-dev to finish UPDATE_IN_PROGRESS" in capsys.readouterr().err
+    assert [colors(p)["green"] for p in w.rec.stack_parameter_sets(mark)] == [
+        (v2, "1", "0"),
+        (v2, "1", "10"),
+        (v1, "0", "0"),  # sent only once the interrupted update had finished
+    ]
     assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
 
 
