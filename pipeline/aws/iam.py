@@ -2,7 +2,7 @@
 
 ``invoke iam-policy`` prints it. It has one statement per purpose:
 
-- ``ReadState``: the read-only calls (describe images, stacks, target health, metrics);
+- ``ReadState``: the read-only calls (describe images, snapshots, stacks, target health, metrics);
 - ``Images``: make AMIs from EBS snapshots written through the EBS direct APIs, tag, copy and share
   them (nothing else: no instances, no S3, no import role);
 - ``RemoveOwnImages``: deregister AMIs and delete snapshots, only those tagged ``ManagedBy`` by the
@@ -45,6 +45,8 @@ def _read_state() -> Statement:
             elb.Action("Describe*"),
             asg.Action("Describe*"),
             cloudwatch.GetMetricStatistics,
+            # gc checks the image parameters of every stack in the account before removing an AMI
+            cf.DescribeStacks,
             ebs.ListSnapshotBlocks,
             ebs.ListChangedBlocks,
             ebs.GetSnapshotBlock,
@@ -91,7 +93,6 @@ def _stack(stack_arn: str) -> Statement:
             cf.CreateStack,
             cf.UpdateStack,
             cf.DeleteStack,
-            cf.DescribeStacks,
             cf.DescribeStackEvents,
             cf.GetTemplate,
             cf.CreateChangeSet,
