@@ -660,3 +660,18 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     )
     assert {c.operation for c in rec.since(mark) if c.mutating} == {"CreateChangeSet", "DeleteChangeSet"}
     assert clients.cloudformation().list_change_sets(StackName=STACK)["Summaries"] == []
+
+
+def test_missing_credentials_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    s = config.load(REPO, env="dev")
+    with pytest.raises(PipelineError) as err:
+        stack_status.status(s, Clients(region="us-east-1"))
+    assert str(err.value) == (
+        "status: Unable to locate credentials "
+        "(hint: check aws.endpoint, aws.profile and aws.region in pipeline.toml)"
+    )

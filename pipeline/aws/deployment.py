@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
 from pipeline.aws import cfn, rollout, stack, tags
@@ -24,7 +24,7 @@ from pipeline.aws.params import Color, StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
 from pipeline.config import Settings
-from pipeline.errors import DeployError, PipelineError
+from pipeline.errors import AwsError, DeployError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _describe(err: BaseException) -> tuple[str, str | None]:
 
 
 def aws_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn an AWS ClientError that escapes the function into a one-line :class:`AwsError`."""
+    """Turn an AWS error that escapes the function into a one-line :class:`AwsError`."""
 
     def wrap(fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
@@ -240,6 +240,10 @@ def aws_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
                 return fn(*args, **kwargs)
             except ClientError as err:
                 raise cfn.aws_failure(err, doing) from err
+            except BotoCoreError as err:  # no credentials, no connection, an answer that is not AWS's
+                raise AwsError(
+                    f"{doing}: {err}", hint="check aws.endpoint, aws.profile and aws.region in pipeline.toml"
+                ) from err
 
         return inner
 
