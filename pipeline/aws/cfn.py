@@ -96,18 +96,20 @@ def is_no_change(text: str) -> bool:
     return any(t in text for t in NO_CHANGE_TEXTS)
 
 
-def aws_failure(err: ClientError, doing: str) -> AwsError:
-    """A one-line error for a failed AWS call, with a hint for missing permissions."""
+def aws_failure(err: ClientError, doing: str = "") -> AwsError:
+    """A one-line error for a failed AWS call (``doing``: what the pipeline was at, as a prefix), with
+    a hint for missing permissions."""
     e = err.response.get("Error", {})
     code = e.get("Code", "Error")
     message = " ".join(str(e.get("Message", "")).split())
     op = err.operation_name
+    prefix = f"{doing}: " if doing else ""
     if code in ACCESS_DENIED or "not authorized" in message.lower():
         return AwsError(
-            f"{doing}: AWS denied {op} ({code}): {message}",
+            f"{prefix}AWS denied {op} ({code}): {message}",
             hint="invoke iam-policy prints the policy the pipeline needs; attach it to these credentials",
         )
-    return AwsError(f"{doing}: {op} failed ({code}): {message}")
+    return AwsError(f"{prefix}{op} failed ({code}): {message}")
 
 
 # -- reading -----------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ class Deployment:
 def _describe(err: BaseException) -> tuple[str, str | None]:
     """What went wrong (one line, no hint) and the hint that goes with it, if any."""
     if isinstance(err, ClientError):
-        err = cfn.aws_failure(err, "AWS call")
+        err = cfn.aws_failure(err)
     if isinstance(err, PipelineError):
         return " ".join(err.message.split()), err.hint
     return str(err) or type(err).__name__, None
