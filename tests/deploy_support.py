@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 import pytest
 
 from pipeline.aws import tags
@@ -123,12 +125,23 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def make_clients(recorder: Recorder | None = None, session: boto3.Session | None = None) -> Clients:
+# Parsed service models are cached by the loader; EC2's takes about a second to parse, so every
+# session of the tests shares one loader (each session keeps its own credentials and event hooks).
+LOADER = botocore.loaders.create_loader()
+
+
+def session(**credentials: str) -> boto3.Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", LOADER)
+    return boto3.Session(botocore_session=core, region_name=REGION, **credentials)
+
+
+def make_clients(recorder: Recorder | None = None, session_: boto3.Session | None = None) -> Clients:
     """Clients on the in-process moto (created after the mock started), recorded if asked."""
-    session = session or boto3.Session(region_name=REGION)
+    session_ = session_ or session()
     if recorder is not None:
-        recorder.attach(session)
-    return Clients(region=REGION, session=session)
+        recorder.attach(session_)
+    return Clients(region=REGION, session=session_)
 
 
 def register_ami(clients: Clients, settings: Settings, build_id: str, virtualization: str = "hvm") -> str:

@@ -27,6 +27,7 @@ from tests.deploy_support import (
     aws,  # noqa: F401 - fixture
     make_clients,
     register_ami,
+    session,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -233,13 +234,11 @@ def for_moto(doc: dict[str, Any]) -> dict[str, Any]:
 
 def iam_user(policy: dict[str, Any]) -> boto3.Session:
     """An IAM user with ``policy`` and a session with its keys (made while moto does not enforce)."""
-    client = boto3.client("iam", region_name=REGION)
+    client = session().client("iam")
     client.create_user(UserName="pipeline")
     client.put_user_policy(UserName="pipeline", PolicyName="pipeline", PolicyDocument=json.dumps(policy))
     key = client.create_access_key(UserName="pipeline")["AccessKey"]
-    return boto3.Session(
-        aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"], region_name=REGION
-    )
+    return session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
 
 
 @pytest.fixture
@@ -255,8 +254,8 @@ def cycle(aws: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa
     }
 
 
-def run_cycle(s: Settings, session: boto3.Session, rec: Recorder | None = None) -> None:
-    clients = make_clients(rec, session)
+def run_cycle(s: Settings, user: boto3.Session, rec: Recorder | None = None) -> None:
+    clients = make_clients(rec, user)
     clock = FakeClock()
     rt = Runtime(sleep=clock.sleep, clock=clock.clock, confirm=lambda q: True)
     deploy.deploy(s, clients, rt, "1111111111aa")
