@@ -22,7 +22,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from pipeline import config, ui
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 logging.basicConfig(
     level=os.environ.get("PIPELINE_LOG_LEVEL", "WARNING").upper(),
@@ -247,5 +247,162 @@ def local_down(c: Context, env: str | None = None, set_: list[str] | None = None
 local = Collection("local")
 local.add_task(local_down)
 
-ns = Collection(build, ami, gc, settings, test)
+
+# -- deploy and its companions -----------------------------------------------------------------------------
+
+DEPLOY_HELP = {
+    **COMMON_HELP,
+    "yes": "do not ask for confirmation",
+    "dry_run": "show the plan and change nothing",
+}
+
+
+def _confirm(yes: bool) -> Callable[[str], bool]:
+    """The question asked before a change: --yes answers it; otherwise the user at the terminal does."""
+
+    def ask(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            ui.warn("stdin is not a terminal, so there is no one to ask: pass --yes to go ahead")
+            return False
+        answer = ui.console.input(f"{question} [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _clients(settings: config.Settings) -> Any:
+    from pipeline.aws import session
+
+    clients = session.clients(settings)
+    ui.say(f"[dim]{clients.describe()}[/dim]")
+    return clients
+
+
+@task(
+    iterable=["set_"],
+    help={**DEPLOY_HELP, "build_id": "deploy this build's AMI (default: the build of the current inputs)"},
+)
+def deploy(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    build_id: str | None = None,
+) -> None:
+    """Roll the build's AMI out blue/green: new colour, health gate, traffic in steps, rollback on failure."""
+    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+
+    with failures():
+        s = load(env, set_)
+        clients = _clients(s)
+        outcome = deployer.deploy(s, clients, deployer.Runtime(confirm=_confirm(yes)), build_id, dry_run)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+        if outcome.url:
+            ui.result(outcome.url)
+
+
+@task(iterable=["set_"], help=COMMON_HELP)
+def plan(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
+    """What build, ami and deploy would change, changing nothing."""
+    from pipeline.aws import deploy as deployer
+
+    with failures():
+        s = load(env, set_)
+        rows = deployer.plan(s, _clients(s))
+        ui.table(
+            f"plan for env {s.env}",
+            ("stage", "action", "detail"),
+            [(r.stage, r.action, r.detail) for r in rows],
+        )
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "json": "print the status as JSON on stdout"})
+def status(c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False) -> None:
+    """Colours, AMIs, build ids, capacities, weights, target health and the stack's status."""
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.tags import stack_name
+
+    with failures():
+        s = load(env, set_)
+        st = stack_status.status(s, _clients(s))
+        stack_status.show_status(st, stack_name(s.app.name, s.env))
+        if json:
+            ui.result(st.record() if st else None)
+
+
+@task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
+def rollback(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    to: str | None = None,
+) -> None:
+    """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
+    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.params import COLORS
+
+    with failures():
+        color = next((c for c in COLORS if c == to), None)
+        if to is not None and color is None:
+            raise ConfigError(f'--to: expected "blue" or "green", got "{to}"')
+        s = load(env, set_)
+        clients = _clients(s)
+        outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+
+
+@task(iterable=["set_"], help=DEPLOY_HELP)
+def destroy(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Delete the environment's stack (after confirmation); list the AMIs gc could then remove."""
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.deployment import Runtime
+
+    with failures():
+        s = load(env, set_)
+        gone = stack_status.destroy(s, _clients(s), Runtime(confirm=_confirm(yes)), dry_run)
+        if gone.images:
+            ui.say(f"AMIs of {s.app.name}/{s.env} that gc could remove now: {', '.join(gone.images)}")
+        for image in gone.images:
+            ui.result(image)
+
+
+@task
+def synth(c: Context) -> None:
+    """Rewrite cfn/ from the stack blueprint (one template per environment of pipeline.toml)."""
+    from pipeline.aws import stack
+
+    with failures():
+        root = config.find_root()
+        changed = stack.synth(root)
+        for path in changed:
+            ui.done(
+                f"wrote {path.relative_to(root)}" if path.exists() else f"removed {path.relative_to(root)}"
+            )
+        if not changed:
+            ui.done("cfn/ is up to date")
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "account": "12-digit account id for the ARNs (default: any)"})
+def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*") -> None:
+    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON."""
+    from pipeline.aws import iam
+
+    with failures():
+        ui.result(iam.policy_json(load(env, set_), account))
+
+
+ns = Collection(build, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test)
 ns.add_collection(local)
