@@ -22,7 +22,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from pipeline import config, ui
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 
 logging.basicConfig(
     level=os.environ.get("PIPELINE_LOG_LEVEL", "WARNING").upper(),
@@ -109,6 +109,100 @@ def _report_build(result: Any) -> None:
         )
 
 
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "dry_run": "show what would be uploaded, registered and copied; change nothing",
+    },
+)
+def ami(c: Context, env: str | None = None, set_: list[str] | None = None, dry_run: bool = False) -> None:
+    """Upload the current build's disk as an EBS snapshot and register it as an AMI. Safe to re-run."""
+    from pipeline import build as builder
+    from pipeline.aws import ami as images
+    from pipeline.aws import session
+
+    with failures():
+        s = load(env, set_)
+        clients = session.clients(s)
+        ui.say(f"AWS: {clients.describe()}")
+        result = images.publish(s, clients, builder.find(s), dry_run=dry_run)
+        _report_ami(result)
+        ui.result(result.record())
+
+
+def _report_ami(result: Any) -> None:
+    verb = "would" if result.dry_run else "did"
+    ui.table(
+        f"ami {result.name} ({verb})",
+        ["region", "what"],
+        [(region, action) for region, action in result.actions],
+    )
+    for region, image in sorted(result.images.items()):
+        ui.done(f"{region}: {image.image_id} ({image.state})")
+
+
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "yes": "remove what the table lists (without it, gc only shows what would go)",
+        "keep": "images to keep per target and virtualization (default: ami.keep)",
+        "grace_minutes": "leave snapshots younger than this alone (default 120)",
+    },
+)
+def gc(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    keep: str | None = None,
+    grace_minutes: str | None = None,
+) -> None:
+    """Remove old AMIs and snapshots of this app and env; keeps the newest and those stacks use."""
+    from datetime import timedelta
+
+    from pipeline.aws import gc as collector
+    from pipeline.aws import session
+
+    with failures():
+        s = load(env, set_, ami__keep=_whole("keep", keep))
+        minutes = _whole("grace-minutes", grace_minutes)
+        clients = session.clients(s)
+        ui.say(f"AWS: {clients.describe()}")
+        grace = collector.GRACE if minutes is None else timedelta(minutes=minutes)
+        p = collector.plan(clients, s, grace=grace)
+        columns = ["region", "kind", "id", "build", "created", "why it goes"]
+        title = "gc: removing" if yes else "gc: would remove (dry run; --yes to remove)"
+        if p.removals:
+            ui.table(title, columns, p.rows())
+        else:
+            ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
+        if not yes:
+            ui.result(p.record(applied=False))
+            return
+        failed = collector.apply(clients, s, p)
+        for removal, why in failed:
+            ui.warn(f"{removal.region} {removal.kind} {removal.resource_id}: {why}")
+        if failed:
+            raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
+        ui.done(f"gc: removed {len(p.removals)}")
+        ui.result(p.record(applied=True))
+
+
+def _whole(flag: str, value: str | None) -> int | None:
+    """A flag that takes a whole number (invoke hands flags without a default over as strings)."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise PipelineError(f'--{flag}: expected a whole number, got "{value}"') from None
+    if number < 0:
+        raise PipelineError(f"--{flag}: expected 0 or more, got {number}")
+    return number
+
+
 @task(iterable=["set_"], help=COMMON_HELP)
 def settings(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
     """Print the effective settings of an environment (after overlays and --set)."""
@@ -130,6 +224,184 @@ def test(c: Context, fast: bool = False) -> None:
     for name, step in steps:
         ui.say(f"[bold]== {name}[/bold]")
         step()
+
+
+@task(
+    name="down",
+    iterable=["set_"],
+    help={**COMMON_HELP, "wipe": "also forget the local AWS's state (its journal of requests)"},
+)
+def local_down(c: Context, env: str | None = None, set_: list[str] | None = None, wipe: bool = False) -> None:
+    """Stop the embedded local AWS of this checkout (its state is kept unless --wipe)."""
+    from pipeline.local import server
+
+    with failures():
+        s = load(env, set_)
+        was = server.stop(s, wipe=wipe)
+        ui.done(
+            ("stopped the local AWS" if was else "the local AWS was not running")
+            + (", state wiped" if wipe else "")
+        )
+
+
+local = Collection("local")
+local.add_task(local_down)
+
+
+# -- deploy and its companions -----------------------------------------------------------------------------
+
+DEPLOY_HELP = {
+    **COMMON_HELP,
+    "yes": "do not ask for confirmation",
+    "dry_run": "show the plan and change nothing",
+}
+
+
+def _confirm(yes: bool) -> Callable[[str], bool]:
+    """The question asked before a change: --yes answers it; otherwise the user at the terminal does."""
+
+    def ask(question: str) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            ui.warn("stdin is not a terminal, so there is no one to ask: pass --yes to go ahead")
+            return False
+        answer = ui.console.input(f"{question} [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _clients(settings: config.Settings) -> Any:
+    from pipeline.aws import session
+
+    clients = session.clients(settings)
+    ui.say(f"[dim]{clients.describe()}[/dim]")
+    return clients
+
+
+@task(
+    iterable=["set_"],
+    help={**DEPLOY_HELP, "build_id": "deploy this build's AMI (default: the build of the current inputs)"},
+)
+def deploy(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    build_id: str | None = None,
+) -> None:
+    """Roll the build's AMI out blue/green: new colour, health gate, traffic in steps, rollback on failure."""
+    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+
+    with failures():
+        s = load(env, set_)
+        clients = _clients(s)
+        outcome = deployer.deploy(s, clients, deployer.Runtime(confirm=_confirm(yes)), build_id, dry_run)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+        if outcome.url:
+            ui.result(outcome.url)
+
+
+@task(iterable=["set_"], help=COMMON_HELP)
+def plan(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
+    """What build, ami and deploy would change, changing nothing."""
+    from pipeline.aws import deploy as deployer
+
+    with failures():
+        s = load(env, set_)
+        rows = deployer.plan(s, _clients(s))
+        ui.table(
+            f"plan for env {s.env}",
+            ("stage", "action", "detail"),
+            [(r.stage, r.action, r.detail) for r in rows],
+        )
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "json": "print the status as JSON on stdout"})
+def status(c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False) -> None:
+    """Colours, AMIs, build ids, capacities, weights, target health and the stack's status."""
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.tags import stack_name
+
+    with failures():
+        s = load(env, set_)
+        st = stack_status.status(s, _clients(s))
+        stack_status.show_status(st, stack_name(s.app.name, s.env))
+        if json:
+            ui.result(st.record() if st else None)
+
+
+@task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
+def rollback(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+    to: str | None = None,
+) -> None:
+    """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
+    from pipeline.aws import deploy as deployer
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.params import COLORS
+
+    with failures():
+        color = next((c for c in COLORS if c == to), None)
+        if to is not None and color is None:
+            raise ConfigError(f'--to: expected "blue" or "green", got "{to}"')
+        s = load(env, set_)
+        clients = _clients(s)
+        outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
+        stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+
+
+@task(iterable=["set_"], help=DEPLOY_HELP)
+def destroy(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    yes: bool = False,
+    dry_run: bool = False,
+) -> None:
+    """Delete the environment's stack (after confirmation); list the AMIs gc could then remove."""
+    from pipeline.aws import status as stack_status
+    from pipeline.aws.deployment import Runtime
+
+    with failures():
+        s = load(env, set_)
+        gone = stack_status.destroy(s, _clients(s), Runtime(confirm=_confirm(yes)), dry_run)
+        if gone.images:
+            ui.say(f"AMIs of {s.app.name}/{s.env} that gc could remove now: {', '.join(gone.images)}")
+        for image in gone.images:
+            ui.result(image)
+
+
+@task
+def synth(c: Context) -> None:
+    """Rewrite cfn/ from the stack blueprint (one template per environment of pipeline.toml)."""
+    from pipeline.aws import stack
+
+    with failures():
+        root = config.find_root()
+        changed = stack.synth(root)
+        for path in changed:
+            ui.done(
+                f"wrote {path.relative_to(root)}" if path.exists() else f"removed {path.relative_to(root)}"
+            )
+        if not changed:
+            ui.done("cfn/ is up to date")
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "account": "12-digit account id for the ARNs (default: any)"})
+def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*") -> None:
+    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON."""
+    from pipeline.aws import iam
+
+    with failures():
+        ui.result(iam.policy_json(load(env, set_), account))
 
 
 @task(
@@ -176,4 +448,6 @@ def xen_check(
 xen = Collection("xen")
 xen.add_task(xen_check, name="check")
 
-ns = Collection(build, settings, test, xen)
+ns = Collection(build, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test)
+ns.add_collection(local)
+ns.add_collection(xen)

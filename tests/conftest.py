@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from localaws import aws, local_aws_server  # noqa: F401 - fixtures of the local AWS (tests/localaws.py)
 
 from pipeline.erlang import CompiledApp
 from tests.erlnode import ErlangWebNode, compile_erlang_web

@@ -7,7 +7,10 @@ tags (never by a name prefix alone) and check them again before deleting anythin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import FilterTypeDef, TagTypeDef
 
 MANAGED_BY = "erlang-unikernel-pipeline"
 
@@ -22,6 +25,24 @@ CONFIG_DIGEST = "ConfigDigest"
 VIRTUALIZATION = "Virtualization"  # "hvm" or "pv"
 COLOR = "Color"  # "blue" or "green" on stack resources
 UPLOAD = "Upload"  # on snapshots: "incomplete" until CompleteSnapshot succeeded, then "complete"
+NAME = "Name"
+# Provenance of an image (on AMIs and their snapshots).
+PIPELINE_VERSION = "PipelineVersion"
+GIT_COMMIT = "GitCommit"  # 40 hex digits, or "unknown" outside a git checkout
+GIT_DIRTY = "GitDirty"  # "true" when the checkout had uncommitted changes, "false", or "unknown"
+OTP_VERSION = "OtpVersion"
+KERNEL_VERSION = "KernelVersion"  # beam: the Linux kernel package version
+LING_VERSION = "LingVersion"  # ling: the LING/railing version
+IMAGE_SHA256 = "ImageSha256"  # of the whole raw disk image that was uploaded
+SNAPSHOT = "SnapshotId"  # on AMIs: the snapshot the pipeline uploaded (moto reports another one)
+SNAPSHOT_CHECKSUM = "SnapshotChecksum"  # the linear aggregate SHA-256 given to CompleteSnapshot
+PARENT_SNAPSHOT = "ParentSnapshot"  # the snapshot the upload was a delta against, or "none"
+SOURCE_IMAGE = "SourceImage"  # on copies: "region/ami-..." they were copied from
+DEPRECATE_AT = "DeprecateAt"  # the deprecation time the pipeline set (ISO 8601, UTC)
+
+UPLOAD_INCOMPLETE = "incomplete"
+UPLOAD_COMPLETE = "complete"
+NO_PARENT = "none"
 
 Color = Literal["blue", "green"]
 
@@ -41,10 +62,25 @@ def to_aws(tags: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 
-def from_aws(tags: Sequence[Mapping[str, str]] | None) -> dict[str, str]:
+def tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
+    """Like :func:`to_aws`, typed for the EC2 and EBS clients."""
+    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+
+
+def from_aws(tags: Sequence[Mapping[str, object]] | None) -> dict[str, str]:
     """``[{"Key": "K", "Value": "V"}]`` -> ``{"K": "V"}``."""
-    return {t["Key"]: t["Value"] for t in tags or ()}
+    return {str(t["Key"]): str(t["Value"]) for t in tags or ()}
 
 
 def managed(tags: Mapping[str, str]) -> bool:
     return tags.get(MANAGED) == MANAGED_BY
+
+
+def filters(tags: Mapping[str, str]) -> list[FilterTypeDef]:
+    """DescribeImages/DescribeSnapshots filters matching every one of ``tags`` exactly."""
+    return [{"Name": f"tag:{k}", "Values": [v]} for k, v in sorted(tags.items())]
+
+
+def missing(want: Mapping[str, str], have: Mapping[str, str]) -> dict[str, str]:
+    """The tags of ``want`` that ``have`` lacks or holds with another value."""
+    return {k: v for k, v in want.items() if have.get(k) != v}

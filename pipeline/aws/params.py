@@ -1,0 +1,144 @@
+"""The release state a stack's parameters carry (pure): per colour the image, build, instance type and
+virtualization it runs, its capacity and its share of the traffic; and which instance types can boot
+which images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from pipeline.errors import ConfigError
+from pipeline.images.devices import Virtualization
+
+Color = Literal["blue", "green"]
+COLORS: tuple[Color, Color] = ("blue", "green")
+
+# EC2 families that can boot paravirtual AMIs (AWS EC2 User Guide, "Virtualization types": "The
+# following previous generation instance types support PV AMIs: C1, C3, M1, M3, M2, and T1").
+PV_FAMILIES = ("c1", "c3", "m1", "m2", "m3", "t1")
+PV_INSTANCE_TYPES = (
+    "c1.medium",
+    "c1.xlarge",
+    "c3.large",
+    "c3.xlarge",
+    "c3.2xlarge",
+    "c3.4xlarge",
+    "c3.8xlarge",
+    "m1.small",
+    "m1.medium",
+    "m1.large",
+    "m1.xlarge",
+    "m2.xlarge",
+    "m2.2xlarge",
+    "m2.4xlarge",
+    "m3.medium",
+    "m3.large",
+    "m3.xlarge",
+    "m3.2xlarge",
+    "t1.micro",
+)
+# Encrypted EBS volumes are refused by the oldest of these (C1, M1, M2, T1); PV scratch volumes use
+# the account's default encryption setting instead of asking for it.
+
+
+@dataclass(frozen=True)
+class Release:
+    """What one colour runs: an image and the instance type it runs on."""
+
+    image_id: str
+    build_id: str
+    instance_type: str
+    virtualization: Virtualization
+
+
+@dataclass(frozen=True)
+class Side:
+    """One colour: its release, how many instances run it and its share of the traffic (0-100)."""
+
+    release: Release
+    capacity: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class StackState:
+    """Every parameter of the stack. Each stack update passes all of them (never UsePreviousValue)."""
+
+    blue: Side
+    green: Side
+    vpc_id: str = ""
+    subnet_ids: tuple[str, ...] = ()
+
+    def side(self, color: Color) -> Side:
+        return self.blue if color == "blue" else self.green
+
+    def with_side(self, color: Color, side: Side) -> StackState:
+        return replace(self, blue=side) if color == "blue" else replace(self, green=side)
+
+    @property
+    def live(self) -> Color | None:
+        """The colour that takes all the traffic, or None in the middle of a shift."""
+        for color in COLORS:
+            if self.side(color).weight == 100:
+                return color
+        return None
+
+    def parameters(self) -> list[dict[str, str]]:
+        """The CloudFormation ``Parameters`` list, every key explicit, sorted by key."""
+        values: dict[str, str] = {}
+        for color in COLORS:
+            side = self.side(color)
+            p = color.capitalize()
+            values[f"{p}ImageId"] = side.release.image_id
+            values[f"{p}BuildId"] = side.release.build_id
+            values[f"{p}InstanceType"] = side.release.instance_type
+            values[f"{p}Virtualization"] = side.release.virtualization
+            values[f"{p}Capacity"] = str(side.capacity)
+            values[f"{p}Weight"] = str(side.weight)
+        if self.vpc_id:
+            values["VpcId"] = self.vpc_id
+            values["SubnetIds"] = ",".join(self.subnet_ids)
+        return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(values.items())]
+
+    @classmethod
+    def from_parameters(
+        cls, params: Mapping[str, str], vpc_id: str = "", subnet_ids: Sequence[str] = ()
+    ) -> StackState:
+        """The state a stack's parameters describe; raises ``KeyError``/``ValueError`` if they do not."""
+        sides: dict[str, Side] = {}
+        for color in COLORS:
+            p = color.capitalize()
+            virt = params[f"{p}Virtualization"]
+            if virt not in ("hvm", "pv"):
+                raise ValueError(f"{p}Virtualization={virt!r}")
+            release = Release(
+                image_id=params[f"{p}ImageId"],
+                build_id=params[f"{p}BuildId"],
+                instance_type=params[f"{p}InstanceType"],
+                virtualization="pv" if virt == "pv" else "hvm",
+            )
+            sides[color] = Side(release, int(params[f"{p}Capacity"]), int(params[f"{p}Weight"]))
+        return cls(sides["blue"], sides["green"], vpc_id, tuple(subnet_ids))
+
+
+def instance_type_fits(instance_type: str, virtualization: Virtualization) -> bool:
+    """Whether EC2 can boot an image of ``virtualization`` on ``instance_type``.
+
+    Every instance type runs HVM images; paravirtual ones run only on the PV-capable previous
+    generation families.
+    """
+    if virtualization == "hvm":
+        return True
+    return instance_type.split(".", 1)[0] in PV_FAMILIES
+
+
+def check_instance_type(instance_type: str, virtualization: Virtualization) -> None:
+    """Raise a one-line :class:`ConfigError` when ``instance_type`` cannot boot the image."""
+    if not instance_type_fits(instance_type, virtualization):
+        raise ConfigError(
+            f'deploy.instance_type: "{instance_type}" cannot boot {virtualization} images '
+            f"(only the {', '.join(f.upper() for f in PV_FAMILIES)} families run paravirtual guests)",
+            hint='use a PV-capable type, e.g. --set deploy.instance_type="m3.medium"',
+        )

@@ -1,0 +1,531 @@
+"""The CloudFormation blueprint of one app and environment: blue/green behind one load balancer.
+
+Pure: a :class:`StackParams` goes in, a troposphere ``Template`` comes out; no AWS calls, no lookups,
+no clock. What changes from release to release is not in the template but in its parameters, one
+set per colour (image, instance type, virtualization, build id, capacity, traffic weight), described
+by :class:`pipeline.aws.params.StackState`. Every change the pipeline makes is a stack update that
+passes all of them.
+
+Shape (see cfn/ for the rendered result):
+
+- its own small VPC with two public subnets in two zones, or an existing VPC and subnets;
+- a load balancer security group open on the listener port to the configured CIDRs only, and an
+  instance security group that admits the app port from the load balancer's group and nothing else
+  (no SSH port, no key pair; outbound traffic limited to loopback, since the guests call nothing);
+- the load balancer and its listener, whose default action answers 503; the traffic goes through
+  listener rules: one per colour selected by the ``X-Pipeline-Color`` header (so the health gate can
+  probe a colour through the load balancer before it gets traffic), and a catch-all rule that
+  forwards to both target groups by weight;
+- per colour: a target group checking ``/health``, a launch template (IMDSv2 required, the scratch
+  volume as a block device deleted with the instance) and an Auto Scaling group with ELB health
+  checks. (The 5xx watch during a rollout reads the target group's CloudWatch metric directly: an
+  alarm resource would be the same check, and moto's CloudFormation cannot create one.)
+
+Logical ids are chosen so that each launch template sorts before its group (``BlueLaunchTemplate``,
+``BlueServerGroup``): moto applies updates in template key order, and a group updated before its
+launch template would launch the previous image there.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from troposphere import (
+    AWSHelperFn,
+    Equals,
+    GetAtt,
+    GetAZs,
+    If,
+    NoValue,
+    Output,
+    Parameter,
+    Ref,
+    Select,
+    Sub,
+    Tags,
+    Template,
+    ec2,
+)
+from troposphere import autoscaling as asg
+from troposphere import elasticloadbalancingv2 as elb
+
+from pipeline.aws import tags
+from pipeline.aws.params import COLORS, PV_FAMILIES, PV_INSTANCE_TYPES, Color
+from pipeline.config import Settings
+from pipeline.images.devices import scratch_device
+from pipeline.manifest import write_atomic
+
+HEALTH_PATH = "/health"
+COLOR_HEADER = "X-Pipeline-Color"  # a request with this header reaches only that colour
+MAX_CAPACITY = 100  # the bound of deploy.capacity
+VPC_CIDR = "10.80.0.0/16"
+SUBNET_CIDRS = ("10.80.0.0/20", "10.80.16.0/20")
+# Health checks every 10 s, healthy after 2 passes and unhealthy after 2 failures: a new instance is
+# in service about 20 s after it answers, and a broken one leaves within 20 s.
+HEALTH_INTERVAL = 10
+HEALTH_TIMEOUT = 5
+HEALTHY_THRESHOLD = 2
+UNHEALTHY_THRESHOLD = 2
+# The group replaces an instance that fails its ELB check only after this grace period; a PV guest
+# on a previous-generation type takes the longest to boot and answer.
+GRACE_PERIOD = 120
+# Connections to a colour whose weight dropped to 0 drain for this long (the default is 300 s).
+DEREGISTRATION_DELAY = 30
+
+
+@dataclass(frozen=True)
+class StackParams:
+    """What shapes the template (not the release): from the settings of one environment."""
+
+    app: str
+    env: str
+    target: str
+    app_port: int
+    listener_port: int
+    allowed_cidrs: tuple[str, ...]
+    scratch_size_gib: int
+    existing_vpc: bool  # True: VpcId/SubnetIds parameters; False: the stack makes its own VPC
+
+    @property
+    def stack_name(self) -> str:
+        return tags.stack_name(self.app, self.env)
+
+
+def params_for(settings: Settings) -> StackParams:
+    """The blueprint parameters of the environment ``settings`` describes."""
+    return StackParams(
+        app=settings.app.name,
+        env=settings.env,
+        target=settings.image.target,
+        app_port=settings.app.port,
+        listener_port=settings.deploy.listener_port,
+        allowed_cidrs=settings.deploy.allowed_cidrs,
+        scratch_size_gib=settings.deploy.scratch_size_gib,
+        existing_vpc=bool(settings.deploy.vpc_id),
+    )
+
+
+# -- the template ----------------------------------------------------------------------------------------
+
+
+def blueprint(p: StackParams) -> Template:
+    """The stack's template for ``p``."""
+    t = Template(
+        Description=f"{p.app} ({p.env}): blue/green {p.target} unikernel instances behind one load balancer"
+    )
+    common = {tags.MANAGED: tags.MANAGED_BY, tags.APP: p.app, tags.ENV: p.env, tags.TARGET: p.target}
+
+    color_params = {color: _color_parameters(t, color) for color in COLORS}
+    vpc, subnets = _network(t, p, common)
+
+    alb_sg = t.add_resource(
+        ec2.SecurityGroup(
+            "LoadBalancerSecurityGroup",
+            GroupDescription=f"{p.stack_name} load balancer: port {p.listener_port} from allowed networks",
+            VpcId=vpc,
+            SecurityGroupIngress=[_ingress_from(cidr, p.listener_port) for cidr in p.allowed_cidrs],
+            SecurityGroupEgress=[
+                ec2.SecurityGroupRule(
+                    Description="to the instances' app port only",
+                    IpProtocol="tcp",
+                    FromPort=p.app_port,
+                    ToPort=p.app_port,
+                    DestinationSecurityGroupId=Ref("InstanceSecurityGroup"),
+                )
+            ],
+            Tags=Tags(**common, Name=f"{p.stack_name}-lb"),
+        )
+    )
+    t.add_resource(
+        ec2.SecurityGroup(
+            "InstanceSecurityGroup",
+            GroupDescription=f"{p.stack_name} instances: app port {p.app_port} from the load balancer only",
+            VpcId=vpc,
+            # No inbound rule here (the one below admits the load balancer only) and no outbound
+            # traffic: the guests serve HTTP and call nothing. A rule to 127.0.0.1/32 is how a
+            # security group says "no egress" (without it EC2 adds allow-all).
+            SecurityGroupEgress=[
+                ec2.SecurityGroupRule(
+                    Description="no outbound traffic", IpProtocol="-1", CidrIp="127.0.0.1/32"
+                )
+            ],
+            Tags=Tags(**common, Name=f"{p.stack_name}-instances"),
+        )
+    )
+    t.add_resource(
+        ec2.SecurityGroupIngress(
+            "InstanceIngressFromLoadBalancer",
+            GroupId=GetAtt("InstanceSecurityGroup", "GroupId"),
+            Description="app port from the load balancer",
+            IpProtocol="tcp",
+            FromPort=p.app_port,
+            ToPort=p.app_port,
+            SourceSecurityGroupId=GetAtt(alb_sg, "GroupId"),
+        )
+    )
+
+    alb = t.add_resource(
+        elb.LoadBalancer(
+            "LoadBalancer",
+            Type="application",
+            Scheme="internet-facing",
+            Subnets=subnets,
+            SecurityGroups=[GetAtt(alb_sg, "GroupId")],
+            LoadBalancerAttributes=[
+                elb.LoadBalancerAttributes(
+                    Key="routing.http.drop_invalid_header_fields.enabled", Value="true"
+                )
+            ],
+            Tags=Tags(**common),
+        )
+    )
+    listener = t.add_resource(
+        elb.Listener(
+            "Listener",
+            LoadBalancerArn=Ref(alb),
+            Port=p.listener_port,
+            Protocol="HTTP",
+            # Only the rules below forward; a request no rule matches gets a plain 503.
+            DefaultActions=[
+                elb.Action(
+                    Type="fixed-response",
+                    FixedResponseConfig=elb.FixedResponseConfig(
+                        StatusCode="503", ContentType="text/plain", MessageBody="no route"
+                    ),
+                )
+            ],
+        )
+    )
+
+    groups: dict[Color, Any] = {}
+    for color in COLORS:
+        groups[color] = _color_resources(t, p, color, color_params[color], vpc, subnets, alb, common)
+
+    for priority, color in enumerate(COLORS, start=1):
+        t.add_resource(
+            elb.ListenerRule(
+                f"{color.capitalize()}ProbeRule",
+                ListenerArn=Ref(listener),
+                Priority=priority,
+                Conditions=[
+                    elb.Condition(
+                        Field="http-header",
+                        HttpHeaderConfig=elb.HttpHeaderConfig(HttpHeaderName=COLOR_HEADER, Values=[color]),
+                    )
+                ],
+                Actions=[elb.ListenerRuleAction(Type="forward", TargetGroupArn=Ref(groups[color]))],
+            )
+        )
+    t.add_resource(
+        elb.ListenerRule(
+            "WeightedRule",
+            ListenerArn=Ref(listener),
+            Priority=10,
+            Conditions=[
+                elb.Condition(Field="path-pattern", PathPatternConfig=elb.PathPatternConfig(Values=["/*"]))
+            ],
+            Actions=[
+                elb.ListenerRuleAction(
+                    Type="forward",
+                    ForwardConfig=elb.ForwardConfig(
+                        TargetGroups=[
+                            elb.TargetGroupTuple(
+                                TargetGroupArn=Ref(groups[color]), Weight=Ref(color_params[color]["Weight"])
+                            )
+                            for color in COLORS
+                        ]
+                    ),
+                )
+            ],
+        )
+    )
+
+    t.add_condition("BlueIsLive", Equals(Ref("BlueWeight"), "100"))
+    t.add_condition("GreenIsLive", Equals(Ref("GreenWeight"), "100"))
+    port_suffix = "" if p.listener_port == 80 else f":{p.listener_port}"
+    t.add_output(
+        [
+            Output(
+                "Url",
+                Description="the app's address",
+                Value=Sub(f"http://${{{alb.title}.DNSName}}{port_suffix}"),
+            ),
+            Output("LoadBalancerArn", Value=Ref(alb)),
+            Output(
+                "LiveColor",
+                Description="the colour with all the traffic, or shifting",
+                Value=If("BlueIsLive", "blue", If("GreenIsLive", "green", "shifting")),
+            ),
+        ]
+    )
+    return t
+
+
+def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
+    c = color.capitalize()
+    out = {
+        "ImageId": Parameter(
+            f"{c}ImageId", Type="AWS::EC2::Image::Id", Description=f"AMI of the {color} colour"
+        ),
+        "BuildId": Parameter(
+            f"{c}BuildId",
+            Type="String",
+            AllowedPattern="^[0-9a-f]{8,64}$",
+            Description=f"build id of the {color} colour's image (tags its instances)",
+        ),
+        "InstanceType": Parameter(
+            f"{c}InstanceType", Type="String", AllowedPattern="^[a-z][a-z0-9-]*\\.[a-z0-9]+$"
+        ),
+        "Virtualization": Parameter(
+            f"{c}Virtualization",
+            Type="String",
+            AllowedValues=["hvm", "pv"],
+            Description=f"how the {color} colour's image boots; pv needs a PV-capable instance type",
+        ),
+        "Capacity": Parameter(f"{c}Capacity", Type="Number", MinValue=0, MaxValue=MAX_CAPACITY),
+        "Weight": Parameter(
+            f"{c}Weight",
+            Type="Number",
+            MinValue=0,
+            MaxValue=100,
+            Description=f"percent of traffic to {color}",
+        ),
+    }
+    for param in out.values():
+        t.add_parameter(param)
+    t.add_condition(f"{c}IsPv", Equals(Ref(out["Virtualization"]), "pv"))
+    t.add_rule(
+        f"{c}PvInstanceType",
+        {
+            "RuleCondition": Equals(Ref(out["Virtualization"]), "pv"),
+            "Assertions": [
+                {
+                    "Assert": {"Fn::Contains": [list(PV_INSTANCE_TYPES), Ref(out["InstanceType"])]},
+                    "AssertDescription": f"a paravirtual {color} image needs a PV-capable instance type "
+                    f"({', '.join(f.upper() for f in PV_FAMILIES)} families)",
+                }
+            ],
+        },
+    )
+    return out
+
+
+def _network(t: Template, p: StackParams, common: Mapping[str, str]) -> tuple[Any, Any]:
+    """The VPC id and the list of subnet ids: parameters, or a VPC of the stack's own."""
+    if p.existing_vpc:
+        vpc = t.add_parameter(Parameter("VpcId", Type="AWS::EC2::VPC::Id", Description="an existing VPC"))
+        subnets = t.add_parameter(
+            Parameter(
+                "SubnetIds",
+                Type="List<AWS::EC2::Subnet::Id>",
+                Description="public subnets of that VPC in at least two availability zones",
+            )
+        )
+        return Ref(vpc), Ref(subnets)
+    own = t.add_resource(
+        ec2.VPC(
+            "Vpc",
+            CidrBlock=VPC_CIDR,
+            EnableDnsHostnames=True,
+            EnableDnsSupport=True,
+            Tags=Tags(**common, Name=p.stack_name),
+        )
+    )
+    gateway = t.add_resource(ec2.InternetGateway("InternetGateway", Tags=Tags(**common, Name=p.stack_name)))
+    attachment = t.add_resource(
+        ec2.VPCGatewayAttachment("GatewayAttachment", VpcId=Ref(own), InternetGatewayId=Ref(gateway))
+    )
+    table = t.add_resource(ec2.RouteTable("PublicRouteTable", VpcId=Ref(own), Tags=Tags(**common)))
+    t.add_resource(
+        ec2.Route(
+            "PublicRoute",
+            DependsOn=attachment,
+            RouteTableId=Ref(table),
+            DestinationCidrBlock="0.0.0.0/0",
+            GatewayId=Ref(gateway),
+        )
+    )
+    subnet_refs: list[AWSHelperFn] = []
+    for index, cidr in enumerate(SUBNET_CIDRS):
+        name = f"PublicSubnet{'AB'[index]}"
+        subnet = t.add_resource(
+            ec2.Subnet(
+                name,
+                VpcId=Ref(own),
+                CidrBlock=cidr,
+                AvailabilityZone=Select(index, GetAZs("")),
+                # Instances get no public address: only the load balancer is reachable from outside.
+                MapPublicIpOnLaunch=False,
+                Tags=Tags(**common, Name=f"{p.stack_name}-{'ab'[index]}"),
+            )
+        )
+        t.add_resource(
+            ec2.SubnetRouteTableAssociation(f"{name}Routes", SubnetId=Ref(subnet), RouteTableId=Ref(table))
+        )
+        subnet_refs.append(Ref(subnet))
+    return Ref(own), subnet_refs
+
+
+def _ingress_from(cidr: str, port: int) -> ec2.SecurityGroupRule:
+    family = {"CidrIpv6": cidr} if ":" in cidr else {"CidrIp": cidr}
+    return ec2.SecurityGroupRule(
+        Description=f"listener port from {cidr}", IpProtocol="tcp", FromPort=port, ToPort=port, **family
+    )
+
+
+def _color_resources(
+    t: Template,
+    p: StackParams,
+    color: Color,
+    params: Mapping[str, Parameter],
+    vpc: Any,
+    subnets: Any,
+    alb: elb.LoadBalancer,
+    common: Mapping[str, str],
+) -> elb.TargetGroup:
+    c = color.capitalize()
+    is_pv = f"{c}IsPv"
+    colored = {**common, tags.COLOR: color}
+    group = t.add_resource(
+        elb.TargetGroup(
+            f"{c}TargetGroup",
+            VpcId=vpc,
+            Port=p.app_port,
+            Protocol="HTTP",
+            TargetType="instance",
+            HealthCheckEnabled=True,
+            HealthCheckPath=HEALTH_PATH,
+            HealthCheckProtocol="HTTP",
+            HealthCheckIntervalSeconds=HEALTH_INTERVAL,
+            HealthCheckTimeoutSeconds=HEALTH_TIMEOUT,
+            HealthyThresholdCount=HEALTHY_THRESHOLD,
+            UnhealthyThresholdCount=UNHEALTHY_THRESHOLD,
+            Matcher=elb.Matcher(HttpCode="200"),
+            TargetGroupAttributes=[
+                elb.TargetGroupAttribute(
+                    Key="deregistration_delay.timeout_seconds", Value=str(DEREGISTRATION_DELAY)
+                )
+            ],
+            Tags=Tags(**colored),
+        )
+    )
+    pv_device = scratch_device(p.target, "pv")
+    hvm_device = scratch_device(p.target, "hvm")
+    device: Any = hvm_device if pv_device == hvm_device else If(is_pv, pv_device, hvm_device)
+    instance_tags = {**colored, tags.BUILD_ID: Ref(params["BuildId"]), "Name": f"{p.stack_name}-{color}"}
+    template = t.add_resource(
+        ec2.LaunchTemplate(
+            f"{c}LaunchTemplate",
+            LaunchTemplateData=ec2.LaunchTemplateData(
+                ImageId=Ref(params["ImageId"]),
+                InstanceType=Ref(params["InstanceType"]),
+                SecurityGroupIds=[GetAtt("InstanceSecurityGroup", "GroupId")],
+                MetadataOptions=ec2.MetadataOptions(
+                    HttpEndpoint="enabled", HttpTokens="required", HttpPutResponseHopLimit=1
+                ),
+                BlockDeviceMappings=[
+                    # The scratch volume: per-instance storage that is created with the instance and
+                    # deleted with it, never carried over to a replacement.
+                    ec2.LaunchTemplateBlockDeviceMapping(
+                        DeviceName=device,
+                        Ebs=ec2.EBSBlockDevice(
+                            VolumeSize=p.scratch_size_gib,
+                            VolumeType="gp3",
+                            DeleteOnTermination=True,
+                            Encrypted=If(is_pv, NoValue, True),
+                        ),
+                    )
+                ],
+                TagSpecifications=[
+                    ec2.TagSpecifications(ResourceType=kind, Tags=Tags(**instance_tags))
+                    for kind in ("instance", "volume")
+                ],
+            ),
+            TagSpecifications=[ec2.TagSpecifications(ResourceType="launch-template", Tags=Tags(**colored))],
+        )
+    )
+    servers = t.add_resource(
+        asg.AutoScalingGroup(
+            f"{c}ServerGroup",
+            LaunchTemplate=asg.LaunchTemplateSpecification(
+                LaunchTemplateId=Ref(template), Version=GetAtt(template, "LatestVersionNumber")
+            ),
+            MinSize=Ref(params["Capacity"]),
+            MaxSize=Ref(params["Capacity"]),
+            DesiredCapacity=Ref(params["Capacity"]),
+            VPCZoneIdentifier=subnets,
+            TargetGroupARNs=[Ref(group)],
+            HealthCheckType="ELB",
+            HealthCheckGracePeriod=GRACE_PERIOD,
+            Tags=[
+                asg.Tag(key, value, True)
+                for key, value in sorted({**colored, tags.BUILD_ID: Ref(params["BuildId"])}.items())
+            ],
+        )
+    )
+    t.add_output(
+        [
+            Output(f"{c}TargetGroupArn", Value=Ref(group)),
+            Output(f"{c}ServerGroupName", Value=Ref(servers)),
+        ]
+    )
+    return group
+
+
+def render(p: StackParams) -> str:
+    """The template as JSON with sorted keys (the form committed under cfn/)."""
+    text: str = blueprint(p).to_json(indent=2, sort_keys=True)
+    return text + "\n"
+
+
+# -- cfn/ --------------------------------------------------------------------------------------------------
+
+CFN_DIR = "cfn"
+
+
+def committed_templates(root: Path) -> dict[Path, str]:
+    """The templates ``invoke synth`` writes: one per environment in pipeline.toml, by stack name."""
+    from pipeline import config
+
+    out: dict[Path, str] = {}
+    for env in environments(root):
+        p = params_for(config.load(root, env=env))
+        out[root / CFN_DIR / f"{p.stack_name}.json"] = render(p)
+    return out
+
+
+def environments(root: Path) -> list[str]:
+    """The environment names defined in ``root``'s pipeline.toml."""
+    raw = tomllib.loads((root / "pipeline.toml").read_text(encoding="utf-8"))
+    envs = raw.get("env", {})
+    return sorted(envs) if isinstance(envs, dict) else []
+
+
+def synth(root: Path) -> list[Path]:
+    """Rewrite cfn/ from the blueprint; return the files that changed. Removes templates of stacks
+    that no environment describes any more."""
+    wanted = committed_templates(root)
+    changed: list[Path] = []
+    for path, text in wanted.items():
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, text.encode())
+            changed.append(path)
+    for stale in sorted((root / CFN_DIR).glob("*.json")):
+        if stale not in wanted:
+            stale.unlink()
+            changed.append(stale)
+    return changed
+
+
+def template_summary(text: str) -> dict[str, list[str]]:
+    """Resource logical ids by type, for a plan of a stack that does not exist yet."""
+    out: dict[str, list[str]] = {}
+    for name, res in json.loads(text)["Resources"].items():
+        out.setdefault(res["Type"], []).append(name)
+    return out

@@ -1,0 +1,198 @@
+"""What the stack runs (``invoke status``) and removing it (``invoke destroy``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import ui
+from pipeline.aws import cfn, tags
+from pipeline.aws.deployment import Deployment, Runtime, aws_errors
+from pipeline.aws.health import HealthSource, Target
+from pipeline.aws.params import COLORS, Color
+from pipeline.aws.session import Clients
+from pipeline.config import Settings
+from pipeline.errors import DeployError
+
+# -- status -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColorStatus:
+    color: Color
+    weight: int
+    image_id: str
+    build_id: str
+    instance_type: str
+    virtualization: str
+    capacity: int
+    instances: int
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class Status:
+    stack: str
+    status: str
+    url: str
+    live: Color | None
+    colors: tuple[ColorStatus, ...] = field(default_factory=tuple)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "status": self.status,
+            "url": self.url,
+            "live": self.live,
+            "colors": [
+                {
+                    "color": c.color,
+                    "weight": c.weight,
+                    "image_id": c.image_id,
+                    "build_id": c.build_id,
+                    "instance_type": c.instance_type,
+                    "virtualization": c.virtualization,
+                    "capacity": c.capacity,
+                    "instances": c.instances,
+                    "targets": {t.target_id: t.state for t in c.targets},
+                }
+                for c in self.colors
+            ],
+        }
+
+
+@aws_errors("status")
+def status(settings: Settings, clients: Clients, health: HealthSource | None = None) -> Status | None:
+    """The stack's colours, releases, capacities, weights and target health; None if there is none."""
+    d = Deployment(settings, clients, Runtime(health=health))
+    info = d.read()
+    if info is None:
+        return None
+    try:
+        state = d.state(info)
+    except DeployError:
+        return Status(d.name, info.status, info.outputs.get("Url", ""), None)
+    source = d.source()
+    groups = [info.outputs.get(f"{c.capitalize()}ServerGroupName", "") for c in COLORS]
+    members: dict[str, set[str]] = {}
+    names = [g for g in groups if g]
+    if names:
+        resp = clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=names)
+        members = {
+            g["AutoScalingGroupName"]: {i["InstanceId"] for i in g.get("Instances", [])}
+            for g in resp["AutoScalingGroups"]
+        }
+    rows = []
+    for color, group in zip(COLORS, groups, strict=True):
+        side = state.side(color)
+        arn = info.outputs.get(f"{color.capitalize()}TargetGroupArn")
+        # The health of the group's own instances (an instance that left the group is deregistering).
+        instances = members.get(group, set())
+        targets = tuple(t for t in source.targets(arn) if t.target_id in instances) if arn else ()
+        rows.append(
+            ColorStatus(
+                color=color,
+                weight=side.weight,
+                image_id=side.release.image_id,
+                build_id=side.release.build_id,
+                instance_type=side.release.instance_type,
+                virtualization=side.release.virtualization,
+                capacity=side.capacity,
+                instances=len(instances),
+                targets=targets,
+            )
+        )
+    return Status(d.name, info.status, info.outputs.get("Url", ""), state.live, tuple(rows))
+
+
+def show_status(st: Status | None, stack_name: str) -> None:
+    """Print the status table (stderr)."""
+    if st is None:
+        ui.say(f"stack {stack_name} does not exist (invoke deploy creates it)")
+        return
+    ui.table(
+        f"stack {st.stack}: {st.status}   {st.url}",
+        ("colour", "traffic", "AMI", "build", "instance type", "capacity", "instances", "targets"),
+        [
+            (
+                c.color + (" (live)" if st.live == c.color else ""),
+                f"{c.weight}%",
+                c.image_id,
+                c.build_id,
+                f"{c.instance_type} ({c.virtualization})",
+                c.capacity,
+                c.instances,
+                _health_summary(c.targets),
+            )
+            for c in st.colors
+        ],
+    )
+
+
+def _health_summary(targets: tuple[Target, ...]) -> str:
+    if not targets:
+        return "-"
+    counts: dict[str, int] = {}
+    for t in targets:
+        counts[t.state] = counts.get(t.state, 0) + 1
+    return ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+
+
+# -- destroy ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destroyed:
+    stack: str
+    deleted: bool
+    images: tuple[str, ...]  # AMIs of this app and env that gc could now remove
+
+
+@aws_errors("destroy")
+def destroy(
+    settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
+) -> Destroyed:
+    """Delete the stack (after confirmation) and list the AMIs that no longer serve it. The AMIs
+    themselves are left for gc."""
+    runtime = runtime or Runtime()
+    d = Deployment(settings, clients, runtime)
+    info = d.read()
+    images = _app_images(clients, settings, info)
+    if info is None:
+        ui.say(f"stack {d.name} does not exist: nothing to delete")
+        return Destroyed(d.name, False, images)
+    if info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
+        raise DeployError(
+            f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
+            hint="wait until it finishes (invoke status), then run invoke destroy again",
+        )
+    ui.say(
+        f"stack {d.name} ({info.status}) and everything in it would be deleted: {info.outputs.get('Url', '')}"
+    )
+    if dry_run:
+        return Destroyed(d.name, False, images)
+    if not runtime.confirm(f"delete stack {d.name} and all its instances?"):
+        raise DeployError(
+            "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
+        )
+    events = d.events(info.stack_id)
+    cfn.delete(d.cf, info.stack_id)
+    cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
+    ui.done(f"stack {d.name} deleted")
+    return Destroyed(d.name, True, images)
+
+
+def _app_images(clients: Clients, settings: Settings, info: cfn.StackInfo | None) -> tuple[str, ...]:
+    """The app/env's AMIs (by the pipeline's tags) plus any the stack's parameters name."""
+    resp = clients.ec2().describe_images(
+        Owners=["self"],
+        Filters=[
+            {"Name": f"tag:{tags.MANAGED}", "Values": [tags.MANAGED_BY]},
+            {"Name": f"tag:{tags.APP}", "Values": [settings.app.name]},
+            {"Name": f"tag:{tags.ENV}", "Values": [settings.env]},
+        ],
+    )
+    found = {i["ImageId"] for i in resp["Images"]}
+    if info is not None:
+        found |= {v for k, v in info.parameters.items() if k.endswith("ImageId")}
+    return tuple(sorted(found))

@@ -1,0 +1,289 @@
+"""Helpers for the deploy tests: in-process moto, a recorder of the AWS calls the pipeline sends, a fake
+clock, and the stand-ins for what moto does not model.
+
+moto accepts nonsense and reports every target healthy, so the tests assert on the requests the
+pipeline sends (recorded here) and drive what moto cannot do through the doubles below, each of which
+follows the behaviour of the real service it stands in for:
+
+- :class:`TargetHealth` replaces moto's fake target health (always ``healthy``) with states the test
+  chooses per AMI, as ELBv2 reports them (``initial``, ``healthy``, ``unhealthy``; ``draining`` for a
+  terminated instance that is leaving its group);
+- :func:`fail_updates` makes a stack update fail the way CloudFormation reports it: a resource event
+  ``UPDATE_FAILED`` with a reason, then ``UPDATE_ROLLBACK_IN_PROGRESS`` and ``UPDATE_ROLLBACK_COMPLETE``
+  with the previous parameters kept (moto applies every update and has no rollback);
+- :func:`register_ami` stands in for the ``ami`` stage: an AMI carrying the pipeline's tags.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.loaders
+import botocore.session
+import pytest
+
+from pipeline.aws import tags
+from pipeline.aws.session import Clients
+from pipeline.config import Settings
+
+REGION = "us-east-1"
+
+# boto3 service name -> IAM action prefix, where they differ
+IAM_PREFIX = {"elbv2": "elasticloadbalancing", "cloudwatch": "cloudwatch"}
+READ_PREFIXES = ("Describe", "List", "Get")
+
+
+@dataclass
+class Call:
+    service: str  # boto3 service name
+    operation: str  # API operation name, e.g. UpdateStack
+    params: dict[str, Any]
+
+    @property
+    def action(self) -> str:
+        """The IAM action, e.g. ``cloudformation:UpdateStack``."""
+        return f"{IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
+
+    @property
+    def mutating(self) -> bool:
+        return not self.operation.startswith(READ_PREFIXES)
+
+
+@dataclass
+class Recorder:
+    """Every API call made through clients of one boto3 session, with its parameters."""
+
+    calls: list[Call] = field(default_factory=list)
+
+    def attach(self, session: boto3.Session) -> None:
+        session.events.register("before-parameter-build", self._record)
+
+    def _record(self, params: Mapping[str, Any], model: Any, **_: Any) -> None:
+        self.calls.append(Call(model.service_model.service_name, model.name, copy.deepcopy(dict(params))))
+
+    def mark(self) -> int:
+        return len(self.calls)
+
+    def since(self, mark: int) -> list[Call]:
+        return self.calls[mark:]
+
+    def stack_parameter_sets(self, since: int = 0) -> list[dict[str, str]]:
+        """The parameters of every CreateStack/UpdateStack sent, in order."""
+        return [
+            {p["ParameterKey"]: p["ParameterValue"] for p in c.params["Parameters"]}
+            for c in self.calls[since:]
+            if c.operation in ("CreateStack", "UpdateStack")
+        ]
+
+    def last_parameters(self) -> dict[str, str]:
+        sets = self.stack_parameter_sets()
+        return sets[-1] if sets else {}
+
+
+class FakeClock:
+    """``sleep`` and ``clock`` for the pipeline: time passes only when it sleeps. ``on_sleep`` runs
+    after each sleep (tests use it to interrupt at a chosen moment)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+        self.on_sleep: Callable[[FakeClock], None] | None = None
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.on_sleep is not None:
+            self.on_sleep(self)
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fake credentials and an in-process moto (with the local AWS's CloudFormation fixes) for the test."""
+    from moto import mock_aws
+
+    from pipeline.local import cfn_fixes
+
+    cfn_fixes.apply()
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield
+
+
+# Parsed service models are cached by the loader; EC2's takes about a second to parse, so every
+# session of the tests shares one loader (each session keeps its own credentials and event hooks).
+LOADER = botocore.loaders.create_loader()
+
+
+def session(**credentials: str) -> boto3.Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", LOADER)
+    return boto3.Session(botocore_session=core, region_name=REGION, **credentials)
+
+
+def make_clients(recorder: Recorder | None = None, session_: boto3.Session | None = None) -> Clients:
+    """Clients on the in-process moto (created after the mock started), recorded if asked."""
+    session_ = session_ or session()
+    if recorder is not None:
+        recorder.attach(session_)
+    return Clients(region=REGION, session=session_)
+
+
+def register_ami(clients: Clients, settings: Settings, build_id: str, virtualization: str = "hvm") -> str:
+    """Stand-in for the ami stage: register an AMI tagged as the pipeline tags its images."""
+    ec2 = clients.ec2()
+    name = tags.image_name(settings.app.name, settings.env, settings.image.target, virtualization, build_id)
+    image_id: str = ec2.register_image(
+        Name=name,
+        Architecture="x86_64",
+        RootDeviceName="/dev/xvda",
+        VirtualizationType="hvm" if virtualization == "hvm" else "paravirtual",
+        BlockDeviceMappings=[
+            {"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-00000000", "VolumeSize": 1}}
+        ],
+    )["ImageId"]
+    ec2.create_tags(
+        Resources=[image_id],
+        Tags=tags.to_aws(
+            {
+                tags.MANAGED: tags.MANAGED_BY,
+                tags.APP: settings.app.name,
+                tags.ENV: settings.env,
+                tags.TARGET: settings.image.target,
+                tags.BUILD_ID: build_id,
+                tags.VIRTUALIZATION: virtualization,
+            }
+        ),
+    )
+    return image_id
+
+
+class TargetHealth:
+    """Target health chosen by the test, per AMI: ``states[image_id]`` is a state or a function of the
+    number of times that image's targets were asked about (default ``healthy``)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from moto.elbv2 import models
+
+        self.states: dict[str, str | Callable[[int], str]] = {}
+        self.asked: dict[str, int] = {}
+        original = models.FakeTargetGroup.health_for
+        control = self
+
+        def health_for(group: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+            status = original(group, target, ec2_backend)
+            if status.status != "healthy" or not target["Id"].startswith("i-"):
+                return status
+            instance = ec2_backend.get_instance_by_id(target["Id"])
+            if instance is None or instance.state == "terminated":
+                # an instance of a replaced group leaves its target group (moto keeps it registered)
+                return models.FakeHealthStatus(
+                    target["Id"], status.port, None, "draining", "Target.DeregistrationInProgress"
+                )
+            state = control.state_for(instance.image_id)
+            if state == "healthy":
+                return status
+            reason = {"initial": "Elb.RegistrationInProgress", "unhealthy": "Target.ResponseCodeMismatch"}
+            return models.FakeHealthStatus(target["Id"], status.port, None, state, reason.get(state))
+
+        monkeypatch.setattr(models.FakeTargetGroup, "health_for", health_for)
+
+    def state_for(self, image_id: str) -> str:
+        n = self.asked.get(image_id, 0)
+        self.asked[image_id] = n + 1
+        chosen = self.states.get(image_id, "healthy")
+        return chosen(n) if callable(chosen) else chosen
+
+
+def fail_updates(
+    monkeypatch: pytest.MonkeyPatch, when: Callable[[Mapping[str, Any]], bool], resource: str
+) -> list[int]:
+    """Make the stack updates whose parameters satisfy ``when`` fail as CloudFormation reports it.
+
+    Returns a list that grows by one for each update made to fail.
+    """
+    from moto.cloudformation import models
+
+    original = models.Stack.update
+    failed: list[int] = []
+
+    def update(
+        self: Any, template: str, role_arn: str | None = None, parameters: Any = None, tags: Any = None
+    ) -> None:
+        if parameters is None or not when({k: str(v) for k, v in parameters.items()}):
+            original(self, template, role_arn, parameters=parameters, tags=tags)
+            return
+        failed.append(1)
+
+        def event(logical: str, kind: str, status: str, reason: str | None = None) -> None:
+            physical = self.stack_id if kind == "AWS::CloudFormation::Stack" else f"{self.name}-{logical}"
+            self.events.append(
+                models.Event(self.stack_id, self.name, logical, physical, kind, status, reason, None)
+            )
+
+        stack_kind = "AWS::CloudFormation::Stack"
+        event(self.name, stack_kind, "UPDATE_IN_PROGRESS", "User Initiated")
+        event(resource, "AWS::AutoScaling::AutoScalingGroup", "UPDATE_IN_PROGRESS")
+        event(
+            resource,
+            "AWS::AutoScaling::AutoScalingGroup",
+            "UPDATE_FAILED",
+            "Group did not stabilize. {current/minSize/maxSize} group size = {0/1/1}.",
+        )
+        event(
+            self.name,
+            stack_kind,
+            "UPDATE_ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to update: [" + resource + "].",
+        )
+        event(resource, "AWS::AutoScaling::AutoScalingGroup", "UPDATE_COMPLETE")
+        event(self.name, stack_kind, "UPDATE_ROLLBACK_COMPLETE")
+        self.status = "UPDATE_ROLLBACK_COMPLETE"
+
+    monkeypatch.setattr(models.Stack, "update", update)
+    return failed
+
+
+def slow_updates(monkeypatch: pytest.MonkeyPatch, when: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Leave the stack ``UPDATE_IN_PROGRESS`` after the updates whose parameters satisfy ``when``, as
+    CloudFormation does while it works (moto finishes every update before answering); the test ends
+    the update with :func:`set_stack_status`."""
+    from moto.cloudformation import models
+
+    original = models.Stack.update
+
+    def update(
+        self: Any, template: str, role_arn: str | None = None, parameters: Any = None, tags: Any = None
+    ) -> None:
+        original(self, template, role_arn, parameters=parameters, tags=tags)
+        if parameters is not None and when({k: str(v) for k, v in parameters.items()}):
+            self.status = "UPDATE_IN_PROGRESS"
+
+    monkeypatch.setattr(models.Stack, "update", update)
+
+
+def set_stack_status(name: str, status: str) -> None:
+    """Put the moto stack ``name`` into ``status`` (states moto never reaches by itself)."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    backend = cloudformation_backends["123456789012"][REGION]
+    for stack in backend.stacks.values():
+        if stack.name == name:
+            stack.status = status
+            return
+    raise KeyError(name)

@@ -1,0 +1,87 @@
+"""Planning a rollout from the stack's state (pure): the steps, and where a failure returns to."""
+
+from __future__ import annotations
+
+from pipeline.aws import rollout
+from pipeline.aws.params import Release, Side, StackState
+
+V1 = Release("ami-0000000000000v1", "1111111111aa", "t3.micro", "hvm")
+V2 = Release("ami-0000000000000v2", "2222222222bb", "t3.micro", "hvm")
+V0 = Release("ami-0000000000000v0", "0000000000cc", "t3.micro", "hvm")
+
+
+def weights(s: StackState) -> tuple[int, int]:
+    return s.blue.weight, s.green.weight
+
+
+def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_old_colour_scales_down() -> (
+    None
+):
+    current = rollout.first_state(V1, 2)
+    steps = rollout.rollout_steps(current, "green", V2, 2, (10, 50, 100), 60, 300)
+    assert [(s.kind, s.label) for s in steps] == [
+        ("update", "start 2 instance(s) of build 2222222222bb as green"),
+        ("wait_healthy", "wait until green is healthy"),
+        ("update", "shift 10% of the traffic to green"),
+        ("bake", "bake green at 10%"),
+        ("update", "shift 50% of the traffic to green"),
+        ("bake", "bake green at 50%"),
+        ("update", "shift 100% of the traffic to green"),
+        ("bake", "bake green at 100%"),
+        ("retain", "keep blue running for 300s"),
+        ("update", "scale blue to 0 (its launch template and image stay for rollback)"),
+    ]
+    states = [s.state for s in steps if s.state is not None]
+    assert states[0] == StackState(Side(V1, 2, 100), Side(V2, 2, 0))
+    assert [weights(s) for s in states] == [(100, 0), (90, 10), (50, 50), (0, 100), (0, 100)]
+    assert states[-1] == StackState(Side(V1, 0, 0), Side(V2, 2, 100))  # blue keeps V1 for rollback
+    assert [s.seconds for s in steps if s.kind == "bake"] == [60, 60, 60]
+    assert [s.full for s in steps if s.kind == "bake"] == [False, False, True]
+
+
+def test_an_idle_colour_still_running_an_older_release_is_scaled_down_before_it_gets_the_new_image() -> None:
+    """A launch template change does not replace running instances, so they must go first."""
+    current = StackState(Side(V0, 1, 0), Side(V1, 1, 100))  # blue kept warm by an interrupted retention
+    steps = rollout.rollout_steps(current, "blue", V2, 1, (50, 100), 5, 0)
+    updates = [s.state for s in steps if s.state is not None]
+    assert updates[0] == StackState(Side(V0, 0, 0), Side(V1, 1, 100))
+    assert updates[1] == StackState(Side(V2, 1, 0), Side(V1, 1, 100))
+
+
+def test_capacity_follows_the_setting_and_identical_updates_are_dropped() -> None:
+    current = StackState(Side(V1, 1, 100), Side(V2, 3, 0))  # green already runs V2 on 3 instances
+    steps = rollout.rollout_steps(current, "green", V2, 3, (100,), 0, 0)
+    assert steps[0].kind == "wait_healthy"  # nothing to change before the health gate
+    updates = [s.state for s in steps if s.state is not None]
+    assert updates == [
+        StackState(Side(V1, 1, 0), Side(V2, 3, 100)),
+        StackState(Side(V1, 0, 0), Side(V2, 3, 100)),
+    ]
+
+
+def test_a_split_rollback_starts_from_the_current_weights() -> None:
+    current = StackState(Side(V1, 1, 50), Side(V2, 1, 50))
+    steps = rollout.rollout_steps(current, "blue", V1, 1, (100,), 5, 0)
+    assert [s.kind for s in steps] == ["wait_healthy", "update", "bake", "retain", "update"]
+    assert weights(steps[1].state or current) == (100, 0)
+
+
+def test_a_failure_returns_all_traffic_to_the_other_colour_and_the_target_to_its_previous_release() -> None:
+    original = StackState(Side(V1, 2, 100), Side(V0, 0, 0))
+    back = rollout.restore_state(original, "green")
+    assert back == StackState(Side(V1, 2, 100), Side(V0, 0, 0))
+    kept_warm = StackState(Side(V1, 2, 100), Side(V0, 2, 0))
+    assert rollout.restore_state(kept_warm, "green") == StackState(Side(V1, 2, 100), Side(V0, 0, 0))
+    split = StackState(Side(V1, 1, 50), Side(V2, 1, 50))
+    assert rollout.restore_state(split, "blue") == StackState(Side(V1, 0, 0), Side(V2, 1, 100))
+
+
+def test_parameter_diff_names_each_changed_parameter() -> None:
+    before = rollout.first_state(V1, 1)
+    after = before.with_side("green", Side(V2, 1, 0))
+    assert rollout.parameter_diff(before, after) == [
+        ("GreenBuildId", V1.build_id, V2.build_id),
+        ("GreenCapacity", "0", "1"),
+        ("GreenImageId", V1.image_id, V2.image_id),
+    ]
+    assert rollout.parameter_diff(before, before) == []
