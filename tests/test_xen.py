@@ -85,9 +85,9 @@ def _ling_build(tmp: Path) -> build.BuildResult:
 @pytest.fixture(scope="module")
 def machine(env: Env) -> Iterator[XenMachine]:
     timer = check.Timer(print)
-    with check.session(env.settings, env.recipe, env.host, list(env.disks.values()), timer) as m:
+    with check.running(env.settings, env.recipe, env.host, list(env.disks.values()), timer) as m:
         yield m
-    assert not _alive(m.pid), "QEMU still running after the session ended"
+    assert not _alive(m.pid), "QEMU still running after the machine was closed"
 
 
 def _alive(pid: int | None) -> bool:

@@ -145,7 +145,7 @@ def check(
     r = recipe.load(settings.root)
     test_host = xenhost.prepare(settings.root, r, cache)
     timer.lap("test host", f"{test_host.directory}")
-    with session(settings, r, test_host, [disk], timer) as machine:
+    with running(settings, r, test_host, [disk], timer) as machine:
         guest = boot_guest(machine, "a", disk, timer)
         guest.responses = probe(machine, "a", r.timeouts.boot, timer)
         guest.outcome = "answered"
@@ -155,7 +155,7 @@ def check(
 
 
 @contextmanager
-def session(
+def running(
     settings: Settings,
     r: recipe.XenRecipe,
     test_host: xenhost.PreparedHost,
