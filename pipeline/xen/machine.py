@@ -57,7 +57,7 @@ class XenCheckFailed(PipelineError):
 @dataclass(frozen=True)
 class Line:
     at: float  # seconds since QEMU started
-    source: str  # "xen", "dom0" or "ga", "gb", ...
+    source: str  # "qemu", "xen", "dom0" or "ga", "gb", ...
     text: str
 
     def __str__(self) -> str:
@@ -235,6 +235,8 @@ class XenMachine:
             line = Line(self.clock() - self._t0, f"g{m.group(1)}", m.group(2))
         elif text.startswith("(XEN)"):
             line = Line(self.clock() - self._t0, "xen", text[5:].strip())
+        elif text.startswith("qemu-system-"):
+            line = Line(self.clock() - self._t0, "qemu", text)
         else:
             line = Line(self.clock() - self._t0, "dom0", text)
         if line.source.startswith("g") and not line.text.strip():
@@ -299,7 +301,7 @@ class XenMachine:
                     raise XenCheckFailed(
                         f"xen: {what}: QEMU exited (status {self._proc.returncode if self._proc else '?'}) "
                         f"after {self.elapsed():.0f}s",
-                        self.excerpt(excerpt_source or source),
+                        self.excerpt(),  # everything: QEMU's own complaint is not a guest's line
                         hint=f"full console: {self.run_dir / 'console.log'}",
                     )
                 left = deadline - self.clock()
