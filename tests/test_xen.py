@@ -8,6 +8,7 @@ leaves no QEMU behind. The app's own PV disk (the beam target) is booted by ``te
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -186,3 +187,19 @@ def _qemu_processes_under(root: Path) -> list[int]:
         if "qemu-system" in cmdline and str(root) in cmdline:
             found.append(int(proc.name))
     return found
+
+
+def test_a_qemu_that_cannot_start_fails_at_once_with_its_reason(env: Env, tmp_path: Path) -> None:
+    broken = dataclasses.replace(env.recipe, qemu=dataclasses.replace(env.recipe.qemu, cpu="NoSuchCpu"))
+    started = time.monotonic()
+    with (
+        pytest.raises(XenCheckFailed) as err,
+        XenMachine(
+            env.host, broken, env.settings.root / "templates", [env.disks["a"]], tmp_path / "run", 256, 8080
+        ) as m,
+    ):
+        m.wait_for("Building a PV Dom0", 60, "Xen did not start dom0", source="xen")
+    assert "QEMU exited (status 1)" in str(err.value)
+    assert "qemu: qemu-system-x86_64: unable to find CPU model 'NoSuchCpu'" in err.value.excerpt
+    assert time.monotonic() - started < 30
+    assert not _alive(m.pid)
