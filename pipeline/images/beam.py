@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,12 @@ SCRATCH_LABEL = "scratch"
 # journal; busybox's mke2fs makes only ext2, which a hard reset can leave inconsistent). The init
 # script calls it by its full path: busybox's shell prefers its own applets to programs on PATH.
 HOST_PROGRAMS = ("/usr/sbin/mke2fs",)
-ACPI_POWER_ACTION = "#!/bin/sh\n# busybox acpid runs this on the ACPI power button: ask init to stop\nkill -TERM 1\n"
-SHUTDOWN_REQUEST = "#!/bin/sh\n# the kernel runs this (poweroff_cmd) on a Xen shutdown request\nkill -TERM 1\n"
+ACPI_POWER_ACTION = (
+    "#!/bin/sh\n# busybox acpid runs this on the ACPI power button: ask init to stop\nkill -TERM 1\n"
+)
+SHUTDOWN_REQUEST = (
+    "#!/bin/sh\n# the kernel runs this (poweroff_cmd) on a Xen shutdown request\nkill -TERM 1\n"
+)
 
 
 class BeamTarget:
@@ -101,7 +106,9 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
     modules_dirs = sorted((kernel_pkg.root / "lib" / "modules").iterdir())
     vmlinuz = sorted((kernel_pkg.root / "boot").glob("vmlinuz-*"))
     if len(modules_dirs) != 1 or len(vmlinuz) != 1:
-        raise ImageError(f"{recipe.RECIPE}: kernel: {r.kernel.package} does not hold one kernel and its modules")
+        raise ImageError(
+            f"{recipe.RECIPE}: kernel: {r.kernel.package} does not hold one kernel and its modules"
+        )
     index = kmod.ModuleIndex(modules_dirs[0])
 
     tree = initramfs.Tree()
@@ -145,7 +152,10 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         "erlang": {"root": rt.root, "erts_version": rt.erts_version, "release_version": rt.release_version},
     }
     tree.add("/init", initramfs.file(render.render(templates, "init.sh.j2", context).encode(), 0o755))
-    tree.add("/etc/udhcpc.script", initramfs.file(render.render(templates, "udhcpc.sh.j2", context).encode(), 0o755))
+    tree.add(
+        "/etc/udhcpc.script",
+        initramfs.file(render.render(templates, "udhcpc.sh.j2", context).encode(), 0o755),
+    )
 
     boot = ctx.out / "boot"
     boot.mkdir()
@@ -184,7 +194,11 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
             "file": "boot/vmlinuz",
             "size": kernel.stat().st_size,
         },
-        "busybox": {"package": r.busybox.package, "version": r.busybox.version, "deb_sha256": busybox_pkg.deb_sha256},
+        "busybox": {
+            "package": r.busybox.package,
+            "version": r.busybox.version,
+            "deb_sha256": busybox_pkg.deb_sha256,
+        },
         "initramfs": {
             "file": "boot/initrd.img",
             "compression": r.compression,
@@ -226,7 +240,9 @@ def _base_system(tree: initramfs.Tree, busybox_root: Path) -> None:
 def unified_kernel_image(out: Path, kernel: Path, initrd: Path, line: str, ctx: BuildContext) -> Path:
     """A UEFI executable: systemd's EFI stub with the kernel, initramfs and command line as sections."""
     if not EFI_STUB.is_file():
-        raise ImageError(f"{EFI_STUB}: not found", hint="install the Debian package systemd-boot-efi (./setup.sh)")
+        raise ImageError(
+            f"{EFI_STUB}: not found", hint="install the Debian package systemd-boot-efi (./setup.sh)"
+        )
     osrel = out.parent / "os-release"
     osrel.write_text(
         f'ID={ctx.app.name}\nNAME="{ctx.app.name}"\nVERSION_ID="{ctx.app.version}"\nBUILD_ID="{ctx.build_id}"\n'
@@ -248,8 +264,31 @@ def unified_kernel_image(out: Path, kernel: Path, initrd: Path, line: str, ctx: 
         ],
         what="objcopy",
     )  # fmt: skip
+    fix_pe_timestamp(out, disk.EPOCH)
     out.chmod(stat.S_IMODE(out.stat().st_mode) & ~0o022)
     return out
+
+
+def fix_pe_timestamp(path: Path, timestamp: int) -> None:
+    """Set a PE file's COFF TimeDateStamp (objcopy writes the current time) and redo its checksum.
+
+    Offsets from the PE/COFF specification: the PE header offset is at 0x3C; the timestamp is 8
+    bytes into the COFF header, the checksum 64 bytes into the optional header that follows it.
+    """
+    data = bytearray(path.read_bytes())
+    pe = int.from_bytes(data[0x3C:0x40], "little")
+    if data[pe : pe + 4] != b"PE\0\0":
+        raise ImageError(f"{path.name}: not a PE file")
+    data[pe + 8 : pe + 12] = timestamp.to_bytes(4, "little")
+    checksum_at = pe + 24 + 64
+    data[checksum_at : checksum_at + 4] = bytes(4)
+    total = 0
+    padded = bytes(data) + b"\0" * (len(data) % 2)
+    for (word,) in struct.iter_unpack("<H", padded):
+        total += word
+        total = (total & 0xFFFF) + (total >> 16)
+    data[checksum_at : checksum_at + 4] = ((total & 0xFFFF) + len(data)).to_bytes(4, "little")
+    write_atomic(path, bytes(data))
 
 
 def _host_package_versions() -> dict[str, str]:

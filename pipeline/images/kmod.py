@@ -57,7 +57,9 @@ class ModuleIndex:
             if key in seen:
                 return
             if key in chain:
-                raise ImageError(f"{where}: kernel modules depend on each other in a cycle: {' -> '.join(chain)}")
+                raise ImageError(
+                    f"{where}: kernel modules depend on each other in a cycle: {' -> '.join(chain)}"
+                )
             mod = self.module(name, where)
             for dep in mod.depends:
                 visit(dep, (*chain, key))

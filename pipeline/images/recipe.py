@@ -74,7 +74,9 @@ def load(root: Path) -> Recipe:
         Platform(
             name=name,
             description=r.text(f"platforms.{name}.description"),
-            detect=r.match(f"platforms.{name}.detect", _DETECT, '"pci:VENDOR" (4 hex digits), "xen" or "acpi"'),
+            detect=r.match(
+                f"platforms.{name}.detect", _DETECT, '"pci:VENDOR" (4 hex digits), "xen" or "acpi"'
+            ),
             modules=r.names(f"platforms.{name}.modules", _MODULE, "kernel module names", nonempty=True),
         )
         for name in r.table("platforms")
@@ -99,8 +101,10 @@ def load(root: Path) -> Recipe:
         kernel=r.pin("kernel"),
         kernel_cmdline=r.text("kernel.cmdline", empty_ok=True),
         busybox=r.pin("busybox"),
-        compression=compression,  # type: ignore[arg-type]
-        otp_applications=r.names("otp.applications", re.compile(r"^[a-z][a-z0-9_]*$"), "OTP application names"),
+        compression=compression,
+        otp_applications=r.names(
+            "otp.applications", re.compile(r"^[a-z][a-z0-9_]*$"), "OTP application names"
+        ),
         otp_programs=r.names("otp.programs", re.compile(r"^[a-z_.]+$"), "erts program names", nonempty=True),
         interface=r.match("network.interface", re.compile(r"^[a-z][a-z0-9]{0,14}$"), "an interface name"),
         wait_seconds=r.integer("network.wait_seconds", 1, 600),
@@ -120,7 +124,9 @@ class _Reader:
         value: Any = self.raw
         for part in dotted.split("."):
             if not isinstance(value, dict) or part not in value:
-                raise ConfigError(f"{RECIPE}: {dotted}: missing", hint=f"add {dotted.rsplit('.', 1)[-1]} = ...")
+                raise ConfigError(
+                    f"{RECIPE}: {dotted}: missing", hint=f"add {dotted.rsplit('.', 1)[-1]} = ..."
+                )
             value = value[part]
         return value
 
@@ -151,7 +157,9 @@ class _Reader:
             raise self.fail(dotted, f"an integer {lo}-{hi}", value)
         return value
 
-    def names(self, dotted: str, pattern: re.Pattern[str], expect: str, nonempty: bool = False) -> tuple[str, ...]:
+    def names(
+        self, dotted: str, pattern: re.Pattern[str], expect: str, nonempty: bool = False
+    ) -> tuple[str, ...]:
         value = self.get(dotted)
         if (
             not isinstance(value, list)
@@ -164,5 +172,7 @@ class _Reader:
     def pin(self, section: str) -> Pin:
         return Pin(
             package=self.match(f"{section}.package", _DEB_NAME, "a Debian package name"),
-            version=self.match(f"{section}.version", _DEB_VERSION, 'an exact Debian version like "6.1.192-2"'),
+            version=self.match(
+                f"{section}.version", _DEB_VERSION, 'an exact Debian version like "6.1.192-2"'
+            ),
         )

@@ -57,7 +57,8 @@ def spec_for(
     """How to boot a finished beam build: its files, the app's port forwarded, ``scratch`` attached."""
     if manifest.get("target") != "beam":
         raise ImageError(
-            f"build {manifest.get('build_id')} is a {manifest.get('target')} image; invoke run boots beam images",
+            f"build {manifest.get('build_id')} is a {manifest.get('target')} image; "
+            "invoke run boots beam images",
             hint="build with --target beam",
         )
     image = manifest["image"]

@@ -70,6 +70,7 @@ class VmSpec:
     cpus: int = 1
     accel: Literal["tcg", "kvm"] = "tcg"
     disk_bus: Literal["virtio", "nvme"] = "virtio"
+    nic_option_rom: bool = False  # QEMU's iPXE ROM for the NIC: only slows the boot (no network boot)
 
     @property
     def mode(self) -> Literal["direct", "uefi"]:
@@ -139,7 +140,7 @@ class Vm:
                     stdout=err,
                     stderr=err,
                     start_new_session=True,  # a Ctrl-C in the terminal reaches us, not QEMU
-                    preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe calls
+                    preexec_fn=_die_with_parent,  # only async-signal-safe work before exec
                 )
         except BaseException:
             self.stop(grace=0)
@@ -270,7 +271,7 @@ class Vm:
             "-no-reboot",
             "-netdev", f"user,id=net0{fwd}",
             # romfile= : no iPXE option ROM; the VM never boots from the network.
-            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-device", "virtio-net-pci,netdev=net0" + ("" if spec.nic_option_rom else ",romfile="),
         ]  # fmt: skip
         if spec.mode == "direct":
             args += ["-kernel", str(spec.kernel), "-initrd", str(spec.initrd), "-append", spec.cmdline]
