@@ -3,6 +3,7 @@ loader, the QEMU runner's refusals."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import stat
@@ -77,8 +78,10 @@ def _project_recipe(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path
     (tmp_path / "ami").mkdir()
     text = (ROOT / recipe.RECIPE).read_text()
     if edit:
-        assert edit[0] in text
-        text = text.replace(*edit)
+        text, count = re.subn(
+            edit[0] if edit[0].startswith("version") else re.escape(edit[0]), edit[1], text, 1
+        )
+        assert count == 1
     (tmp_path / recipe.RECIPE).write_text(text)
     return tmp_path
 
