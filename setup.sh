@@ -14,7 +14,7 @@ PACKAGES="
   python3 python3-venv python3-pip
   qemu-system-x86 qemu-utils ovmf e2fsprogs mtools dosfstools fdisk cpio xz-utils zstd gzip
   busybox-static binutils systemd-boot-efi grub-efi-amd64-bin
-  openssh-server openssh-client wrk curl git ca-certificates
+  openssh-server openssh-client procps wrk curl git ca-certificates
 "
 
 missing=""

@@ -8,6 +8,7 @@ a directory that looks finished.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from typing import Any
 import pipeline
 from pipeline import render
 from pipeline.config import Settings
+from pipeline.erlang import CompiledApp
 from pipeline.errors import PipelineError
 from pipeline.images import BuildContext, ImageTarget, target_for
 from pipeline.manifest import (
@@ -147,7 +149,7 @@ def build(settings: Settings, force: bool = False) -> BuildResult:
 
 def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True)
-    app = p.target.compile(settings, out / "app")
+    app = _compile_cached(settings, p, out / "app")
     context = template_context(settings, p.build_id, p.config_digest, app.version)
     config_dir = out / "config"
     write_atomic(
@@ -177,6 +179,49 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
     }
     write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def _compile_cached(settings: Settings, p: BuildPlan, out: Path) -> CompiledApp:
+    """Compile the app, or copy the result of an earlier compile of the same sources with the same tools.
+
+    Compiled code depends only on the sources, the compiler and the pipeline's compile step, so a
+    configuration-only change reuses it. The cache entry is made atomically like a build directory.
+    """
+    key = digest_of(
+        {
+            "target": p.target.name,
+            "sources": p.inputs["sources"],
+            "tools": p.inputs["tools"],
+            "compiler": {k: v for k, v in p.inputs["builder"].items() if k.startswith(("erl/", "erlang.py"))},
+        }
+    )[:BUILD_ID_LEN]
+    cache = settings.work_dir / "cache" / "app" / key
+    record = cache / "compiled.json"
+    if record.is_file():
+        shutil.copytree(cache / "app", out)
+        data = json.loads(record.read_text())
+        app = CompiledApp(
+            name=data["name"],
+            version=data["version"],
+            directory=out / data["directory"],
+            modules=tuple(data["modules"]),
+            applications=tuple(data["applications"]),
+            nif_modules=tuple(data["nif_modules"]),
+            otp_release=data["otp_release"],
+        )
+        log.info("reused compiled %s %s from cache %s", app.name, app.version, key)
+        return app
+    app = p.target.compile(settings, out)
+    tmp = cache.with_name(f".tmp-{key}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(out, tmp / "app")
+    data = {**asdict(app), "directory": app.directory.relative_to(out).as_posix()}
+    write_json(tmp / "compiled.json", data)
+    try:
+        tmp.rename(cache)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another build cached the same compile first
+    return app
 
 
 def template_context(settings: Settings, build_id: str, config_digest: str, version: str) -> dict[str, Any]:

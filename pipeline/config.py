@@ -72,6 +72,28 @@ def _weight_steps(v: tuple[int, ...]) -> bool:
     return bool(v) and all(1 <= s <= 100 for s in v) and list(v) == sorted(set(v)) and v[-1] == 100
 
 
+def _toolchain(v: str) -> bool:
+    """``local`` or ``ssh://user@host[:port]`` (nothing else: no password, path or query)."""
+    if v == "local":
+        return True
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(v)
+        port = url.port
+    except ValueError:
+        return False
+    return (
+        url.scheme == "ssh"
+        and bool(url.username and url.hostname)
+        and url.password is None
+        and url.path in ("", "/")
+        and not url.query
+        and not url.fragment
+        and (port is None or 1 <= port <= 65535)
+    )
+
+
 def _abs_path(v: str) -> bool:
     return v.startswith("/") and " " not in v and len(v) <= 200
 
@@ -111,14 +133,11 @@ class ImageSettings:
 class LingSettings:
     """Where the LING toolchain (OTP 17 + railing) lives: this machine or a build host over SSH."""
 
-    toolchain: str = check(
-        '"local" or "ssh://user@host[:port]"',
-        lambda v: v == "local" or (v.startswith("ssh://") and "@" in v),
-        "local",
-    )
+    toolchain: str = check('"local" or "ssh://user@host[:port]"', _toolchain, "local")
     otp_bin: str = ""  # directory with OTP 17's erl/erlc/escript; "" = first on PATH
     railing: str = check("a non-empty path or command name", _nonempty, "railing")
     key_file: str = ""  # SSH private key for the build host; "" = ssh-agent / default keys
+    known_hosts: str = ""  # lists the build host's key; "" = ~/.ssh/known_hosts (unknown hosts are refused)
     remote_dir: str = check("an absolute path", lambda v: v.startswith("/"), "/tmp/erlang-unikernel")
     connect_timeout_s: int = check("integer 1-300", _between(1, 300), 15)
     command_timeout_s: int = check("integer 10-7200", _between(10, 7200), 900)

@@ -110,9 +110,9 @@ def compile_app(
         proc = run([tc.escript, BUILD_APP_SCRIPT, src_arg, out_dir], cwd=work, what="erlc")
     except ToolFailed as err:
         raise CompileError(
-            _compile_failure(err), hint="fix the Erlang source and run the build again"
+            compile_failure(err), hint="fix the Erlang source and run the build again"
         ) from err
-    app = _parse_summary(proc.stdout.decode(), out_dir)
+    app = parse_summary(proc.stdout.decode(), out_dir)
     priv = app_dir / "priv"
     if priv.is_dir():
         shutil.copytree(priv, app.directory / "priv", dirs_exist_ok=True)
@@ -120,7 +120,7 @@ def compile_app(
     return app
 
 
-def _compile_failure(err: ToolFailed) -> str:
+def compile_failure(err: ToolFailed) -> str:
     """Pick the first compiler diagnostic (``file:line: message``) out of a failed compile's output."""
     for line in (err.stdout + "\n" + err.stderr).splitlines():
         m = _ERROR_LINE.match(line.strip())
@@ -129,7 +129,8 @@ def _compile_failure(err: ToolFailed) -> str:
     return err.message
 
 
-def _parse_summary(text: str, out_dir: Path) -> CompiledApp:
+def parse_summary(text: str, out_dir: Path) -> CompiledApp:
+    """The app ``build_app.escript`` compiled into ``out_dir``, from the summary it printed."""
     facts: dict[str, list[str]] = {}
     nifs: list[str] = []
     for line in text.splitlines():

@@ -36,7 +36,11 @@ build(AppDir, OutDir) ->
         [deterministic, return_errors, return_warnings, {outdir, Ebin},
          {i, filename:join(AppDir, "include")}],
     Sources = lists:sort(filelib:wildcard(filename:join([AppDir, "src", "*.erl"]))),
-    Mods = [compile_one(Src, Opts) || Src <- Sources],
+    %% Behaviours and parse transforms of the app must be compiled (and loadable) before the modules
+    %% that use them, as rebar3 does: compile modules that define callbacks or transforms first.
+    true = code:add_patha(Ebin),
+    {First, Rest} = lists:partition(fun is_prerequisite/1, Sources),
+    Mods = lists:sort([compile_one(Src, Opts) || Src <- First ++ Rest]),
     AppFile = filename:join(Ebin, atom_to_list(Name) ++ ".app"),
     Props1 = lists:keystore(modules, 1, Props, {modules, Mods}),
     ok = file:write_file(AppFile, io_lib:format("~p.~n", [{application, Name, Props1}])),
@@ -110,6 +114,10 @@ print(Src, Prefix, FileDiags) ->
 loc({Line, Col}) -> io_lib:format("~p:~p", [Line, Col]);
 loc(Line) when is_integer(Line) -> integer_to_list(Line);
 loc(_) -> "0".
+
+is_prerequisite(Src) ->
+    {ok, Text} = file:read_file(Src),
+    binary:match(Text, [<<"\n-callback">>, <<"parse_transform(">>]) =/= nomatch.
 
 uses_nif(Beam) ->
     case beam_lib:chunks(Beam, [imports]) of

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 from pipeline.config import Settings
 from pipeline.erlang import CompiledApp
-from pipeline.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,9 @@ class ImageTarget(Protocol):
 
 def target_for(settings: Settings) -> ImageTarget:
     if settings.image.target == "ling":
-        raise ConfigError(
-            'pipeline.toml: image.target: "ling" builds are not available in this version',
-            hint='use target = "beam"',
-        )
+        from pipeline.images.ling import LingTarget
+
+        return LingTarget()
     from pipeline.images.beam import BeamTarget
 
     return BeamTarget()

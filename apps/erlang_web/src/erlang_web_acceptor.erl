@@ -1,0 +1,51 @@
+%% @doc An acceptor: accepts connections and hands each to a new connection process.
+-module(erlang_web_acceptor).
+
+-export([start_link/1]).
+-export([loop/1]).
+
+%% How long to back off when the node is out of file descriptors.
+-define(EMFILE_BACKOFF_MS, 100).
+
+%% @doc Start an acceptor on a listen socket, linked to the caller (the acceptor supervisor).
+-spec start_link(inet:socket()) -> {ok, pid()}.
+start_link(LSock) ->
+    {ok, proc_lib:spawn_link(?MODULE, loop, [LSock])}.
+
+%% @doc Accept forever. Recursion goes through ?MODULE so a code upgrade takes effect.
+-spec loop(inet:socket()) -> no_return().
+loop(LSock) ->
+    case gen_tcp:accept(LSock) of
+        {ok, Sock} ->
+            hand_off(Sock),
+            ?MODULE:loop(LSock);
+        {error, emfile} ->
+            %% Out of file descriptors: accepting again at once would spin. Existing connections
+            %% free descriptors as they close; wait a little.
+            error_logger:warning_msg("erlang_web: accept: out of file descriptors (emfile); "
+                                     "retrying in ~b ms~n", [?EMFILE_BACKOFF_MS]),
+            receive after ?EMFILE_BACKOFF_MS -> ok end,
+            ?MODULE:loop(LSock);
+        {error, closed} ->
+            %% The listen socket is gone: the supervisors restart the listener and the pool.
+            exit(closed);
+        {error, _Other} ->
+            %% econnaborted and the like concern one connection only.
+            ?MODULE:loop(LSock)
+    end.
+
+hand_off(Sock) ->
+    case erlang_web_conns:start_connection() of
+        {ok, Pid} ->
+            case gen_tcp:controlling_process(Sock, Pid) of
+                ok ->
+                    Pid ! {?MODULE, socket, Sock},
+                    ok;
+                {error, _} ->
+                    gen_tcp:close(Sock),
+                    exit(Pid, kill),
+                    ok
+            end;
+        {error, overloaded} ->
+            gen_tcp:close(Sock)
+    end.

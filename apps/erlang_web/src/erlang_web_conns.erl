@@ -1,0 +1,130 @@
+%% @doc Starts and counts connection processes, and enforces max_connections.
+%%
+%% Connection processes are linked to this one (it traps exits), so the count is exact even when
+%% a connection crashes, and all connections die if this process does.
+%%
+%% Beyond max_connections a new connection is still accepted and answered at once with 503 and
+%% `Connection: close'. The alternative, leaving it in the kernel's backlog until a slot frees
+%% up, makes the client (or the load balancer) wait for a timeout; an immediate 503 tells it this
+%% instance is full so it can go elsewhere. The answering processes are bounded too: beyond
+%% another max_connections of them, new connections are closed without an answer.
+-module(erlang_web_conns).
+
+-behaviour(gen_server).
+
+-export([start_link/0]).
+-export([start_connection/0]).
+-export([count/0]).
+-export([drain/1]).
+
+-export([init/1]).
+-export([handle_call/3]).
+-export([handle_cast/2]).
+-export([handle_info/2]).
+-export([terminate/2]).
+-export([code_change/3]).
+
+-record(state, {opts :: erlang_web_conn:opts(),
+                max :: pos_integer(),
+                serving = 0 :: non_neg_integer(),
+                rejecting = 0 :: non_neg_integer(),
+                conns = dict:new() :: dict:dict(pid(), erlang_web_conn:mode()),
+                drain_from :: undefined | {pid(), term()},
+                drain_timer :: undefined | reference()}).
+
+%% @doc Start the tracker (registered as erlang_web_conns).
+-spec start_link() -> {ok, pid()} | ignore | {error, term()}.
+start_link() ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, [], []).
+
+%% @doc Start a process for a newly accepted connection: one that serves it, or one that answers
+%% 503 when max_connections are open; `{error, overloaded}' when even that is over its limit.
+-spec start_connection() -> {ok, pid()} | {error, overloaded}.
+start_connection() ->
+    gen_server:call(?MODULE, start_connection).
+
+%% @doc How many connections are being served.
+-spec count() -> non_neg_integer().
+count() ->
+    gen_server:call(?MODULE, count).
+
+%% @doc Tell every connection to close once its current request is answered, and wait until
+%% they have, at most Timeout ms.
+-spec drain(non_neg_integer()) -> ok | {timeout, pos_integer()}.
+drain(Timeout) ->
+    gen_server:call(?MODULE, {drain, Timeout}, infinity).
+
+%% @private
+-spec init([]) -> {ok, #state{}}.
+init([]) ->
+    process_flag(trap_exit, true),
+    {ok, #state{opts = erlang_web_conn:opts(),
+                max = erlang_web_config:get(max_connections)}}.
+
+%% @private
+-spec handle_call(term(), {pid(), term()}, #state{}) ->
+          {reply, term(), #state{}} | {noreply, #state{}}.
+handle_call(start_connection, _From, #state{max = Max, serving = S, rejecting = R} = State) ->
+    if
+        S < Max -> start(serve, State);
+        R < Max -> start(reject, State);
+        true -> {reply, {error, overloaded}, State}
+    end;
+handle_call(count, _From, #state{serving = S} = State) ->
+    {reply, S, State};
+handle_call({drain, _Timeout}, _From, #state{serving = 0} = State) ->
+    {reply, ok, State};
+handle_call({drain, Timeout}, From, #state{conns = Conns} = State) ->
+    _ = dict:fold(fun(Pid, serve, ok) -> erlang_web_conn:drain(Pid);
+                     (_, reject, ok) -> ok
+                  end, ok, Conns),
+    TRef = erlang:send_after(Timeout, self(), drain_timeout),
+    {noreply, State#state{drain_from = From, drain_timer = TRef}}.
+
+start(Mode, #state{opts = Opts, conns = Conns} = State) ->
+    {ok, Pid} = erlang_web_conn:start_link(Mode, Opts),
+    {reply, {ok, Pid}, bump(Mode, 1, State#state{conns = dict:store(Pid, Mode, Conns)})}.
+
+bump(serve, D, #state{serving = S} = State) -> State#state{serving = S + D};
+bump(reject, D, #state{rejecting = R} = State) -> State#state{rejecting = R + D}.
+
+%% @private
+-spec handle_cast(term(), #state{}) -> {noreply, #state{}}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), #state{}) -> {noreply, #state{}} | {stop, term(), #state{}}.
+handle_info({'EXIT', Pid, Reason}, #state{conns = Conns} = State) ->
+    case dict:find(Pid, Conns) of
+        {ok, Mode} ->
+            State1 = bump(Mode, -1, State#state{conns = dict:erase(Pid, Conns)}),
+            {noreply, maybe_drained(State1)};
+        error ->
+            %% Not a connection: the parent supervisor (handled by gen_server) or a stray link.
+            {stop, Reason, State}
+    end;
+handle_info(drain_timeout, #state{drain_from = From, serving = S} = State)
+  when From =/= undefined ->
+    gen_server:reply(From, {timeout, S}),
+    {noreply, State#state{drain_from = undefined, drain_timer = undefined}};
+handle_info(_Msg, State) ->
+    {noreply, State}.
+
+maybe_drained(#state{drain_from = From, serving = 0, drain_timer = TRef} = State)
+  when From =/= undefined ->
+    _ = erlang:cancel_timer(TRef),
+    gen_server:reply(From, ok),
+    State#state{drain_from = undefined, drain_timer = undefined};
+maybe_drained(State) ->
+    State.
+
+%% @private
+-spec terminate(term(), #state{}) -> ok.
+terminate(_Reason, _State) ->
+    ok.
+
+%% @private
+-spec code_change(term(), #state{}, term()) -> {ok, #state{}}.
+code_change(_OldVsn, State, _Extra) ->
+    {ok, State}.
