@@ -59,9 +59,10 @@ def main() -> int:
     print("\nsizes")
     print(f"  kernel                 {image['kernel']['size'] / MB:7.2f} MB")
     print(
-        f"  initramfs              {ird['size'] / MB:7.2f} MB {ird['compression']}, {ird['unpacked_size'] / MB:.2f} MB"
-        f" unpacked   (feasibility run: {FEASIBILITY['initramfs_gzip'] / MB:.0f} MB gzip, "
-        f"{FEASIBILITY['initramfs_unpacked'] / MB:.0f} MB unpacked; target < {TARGETS['initramfs_compressed'] / MB:.0f} MB)"
+        f"  initramfs              {ird['size'] / MB:7.2f} MB {ird['compression']}, "
+        f"{ird['unpacked_size'] / MB:.2f} MB unpacked   (feasibility run: "
+        f"{FEASIBILITY['initramfs_gzip'] / MB:.0f} MB gzip, {FEASIBILITY['initramfs_unpacked'] / MB:.0f} MB "
+        f"unpacked; target < {TARGETS['initramfs_compressed'] / MB:.0f} MB)"
     )
     print(
         f"  Erlang runtime         {image['runtime']['size'] / MB:7.2f} MB trimmed "
@@ -69,9 +70,10 @@ def main() -> int:
         f"installation in {tc.root} ({100 * image['runtime']['size'] / full:.0f}%)"
     )
     for disk in image["disks"]:
+        blocks = disk["nonzero_blocks"]
         print(
-            f"  disk {disk['name']:<17} {disk['size'] / MB:7.0f} MB, {disk['nonzero_blocks']} non-zero blocks "
-            f"({disk['nonzero_blocks'] * 512 / 1024:.1f} MB to upload)"
+            f"  disk {disk['name']:<17} {disk['size'] / MB:7.0f} MB, {blocks} non-zero blocks "
+            f"({blocks * 512 / 1024:.1f} MiB to upload)"
         )
     print("  initramfs by compression (same archive):")
     variants: dict[str, Path] = {}
@@ -84,15 +86,26 @@ def main() -> int:
         variants[method].write_bytes(data)
         print(f"    {method:<5} {len(data) / MB:6.2f} MB, compressed in {took:5.1f}s")
     baseline_initrd = tmp / "initrd.gzip1"
-    baseline_initrd.write_bytes(subprocess.run(["gzip", "-1"], input=raw, capture_output=True, check=True).stdout)
+    baseline_initrd.write_bytes(
+        subprocess.run(["gzip", "-1"], input=raw, capture_output=True, check=True).stdout
+    )
 
     if args.no_boot:
         return 0
 
     # -- boot times -------------------------------------------------------------------------------------
-    print(f"\nboot to first HTTP 200, median of {args.runs} (QEMU TCG; other load on this machine adds noise)")
+    print(
+        f"\nboot to first HTTP 200, median of {args.runs} (QEMU TCG; other load on this machine adds noise)"
+    )
     direct = boot.spec_for(
-        settings, result.manifest, d, disk=False, scratch=None, port=0, name="bench", console_log=tmp / "c.log"
+        settings,
+        result.manifest,
+        d,
+        disk=False,
+        scratch=None,
+        port=0,
+        name="bench",
+        console_log=tmp / "c.log",
     )
     uefi = boot.spec_for(
         settings, result.manifest, d, disk=True, scratch=None, port=0, name="bench", console_log=tmp / "c.log"
@@ -115,9 +128,10 @@ def main() -> int:
         total = statistics.median(s[0] for s in samples)
         kinit = statistics.median(s[1] for s in samples)
         erl = statistics.median(s[2] for s in samples)
+        runs = ", ".join(f"{s[0]:.1f}" for s in samples)
         print(
-            f"  {name:<24} {total:6.1f}s   (guest clock: /init at {kinit:.1f}s, Erlang VM started at {erl:.1f}s; "
-            f"all runs {', '.join(f'{s[0]:.1f}' for s in samples)})"
+            f"  {name:<24} {total:6.1f}s   (guest clock: /init at {kinit:.1f}s, "
+            f"Erlang VM started at {erl:.1f}s; all runs {runs})"
         )
     print(
         f"  feasibility run (unoptimised, reference): {FEASIBILITY['boot_seconds']}s; "
