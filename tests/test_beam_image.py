@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import lzma
 import os
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -29,19 +28,9 @@ from pipeline.errors import PipelineError, ToolMissing
 from pipeline.images import disk, recipe
 from pipeline.local import boot, qemu
 from pipeline.manifest import sha256_file
+from tests.project import copy_project
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def copy_project(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(REPO / "pipeline.toml", dest / "pipeline.toml")
-    ignore = shutil.ignore_patterns("_build", "__pycache__", "*.beam")
-    for sub in ("templates", "ami", "apps"):
-        shutil.copytree(REPO / sub, dest / sub, ignore=ignore, symlinks=False)
-    return dest
 
 
 @dataclass

@@ -79,7 +79,7 @@ def _project_recipe(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path
     text = (ROOT / recipe.RECIPE).read_text()
     if edit:
         text, count = re.subn(
-            edit[0] if edit[0].startswith("version") else re.escape(edit[0]), edit[1], text, 1
+            edit[0] if edit[0].startswith("version") else re.escape(edit[0]), edit[1], text, count=1
         )
         assert count == 1
     (tmp_path / recipe.RECIPE).write_text(text)

@@ -53,7 +53,7 @@ release(Root, Vsn, Apps) ->
     ok = filelib:ensure_dir(filename:join(Dir, "x")),
     RelFile = filename:join(Dir, "start"),
     ok = file:write_file(RelFile ++ ".rel", io_lib:format("~p.~n", [Rel])),
-    case systools:make_script(RelFile, [{path, Ebins}, {outdir, Dir}, no_warn_sasl, silent]) of
+    case systools:make_script(RelFile, [{path, Ebins}, {outdir, Dir}, no_dot_erlang, no_warn_sasl, silent]) of
         ok -> ok;
         {ok, _, []} -> ok;
         {ok, _, Warnings} -> io:format(standard_error, "~p~n", [Warnings]);
