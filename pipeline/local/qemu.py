@@ -113,6 +113,7 @@ class Vm:
         self.ports: dict[int, int] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.healthy_at: float | None = None
         self.work: Path | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ class Vm:
                 )
             status, _ = http_get(self.ports[guest_port], path, timeout=2.0)
             if status == 200:
-                return self.clock() - self.started_at
+                self.healthy_at = self.clock()
+                return self.healthy_at - self.started_at
             if self.clock() > deadline:
                 raise ImageError(
                     f"VM {self.spec.name}: GET {path} did not answer 200 within {timeout:.0f}s "
@@ -180,24 +182,27 @@ class Vm:
         """Power the guest off (ACPI power button), wait up to ``grace`` seconds, then end QEMU.
 
         Returns QEMU's exit status (None if it never started). Idempotent; always removes the
-        VM's temporary files.
+        VM's temporary files. A second Ctrl-C while waiting ends QEMU at once.
         """
         status = None
         try:
             if self.proc is not None:
-                if self.proc.poll() is None and grace > 0:
-                    with contextlib.suppress(OSError, ValueError):
-                        self.qmp("system_powerdown")
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        self.proc.wait(timeout=grace)
-                if self.proc.poll() is None:
-                    log.warning("VM %s did not power off within %.0fs; ending QEMU", self.spec.name, grace)
-                    self.proc.send_signal(signal.SIGTERM)
-                    try:
-                        self.proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        self.proc.kill()
-                        self.proc.wait()
+                try:
+                    if self.proc.poll() is None and grace > 0:
+                        with contextlib.suppress(OSError, ValueError):
+                            self.qmp("system_powerdown")
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            self.proc.wait(timeout=grace)
+                finally:
+                    if self.proc.poll() is None:
+                        if grace > 0:
+                            log.warning("VM %s still runs after %.0fs; ending QEMU", self.spec.name, grace)
+                        self.proc.send_signal(signal.SIGTERM)
+                        try:
+                            self.proc.wait(timeout=10)
+                        except subprocess.TimeoutExpired:
+                            self.proc.kill()
+                            self.proc.wait()
                 status = self.proc.returncode
         finally:
             if self.work is not None:
@@ -213,7 +218,10 @@ class Vm:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop(grace=0 if exc_type is not None and exc_type is not KeyboardInterrupt else 60.0)
+        # A guest that has answered runs the app: ask it to stop gracefully. One that has not (a
+        # failed boot, Ctrl-C during the boot) has nothing to save and may not react to the button.
+        clean = exc_type is None or exc_type is KeyboardInterrupt
+        self.stop(grace=60.0 if clean and self.healthy_at is not None else 0)
 
     # -- QMP --------------------------------------------------------------------------------------------
 
