@@ -15,7 +15,7 @@ import pytest
 from pipeline import erlang
 from pipeline.erlang import CompiledApp
 from pipeline.errors import ConfigError, PipelineError, ToolMissing
-from pipeline.images import initramfs, recipe, runtime
+from pipeline.images import beam, initramfs, recipe, runtime
 from pipeline.local import qemu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,3 +209,23 @@ def test_a_dependency_that_is_not_installed_names_the_app_file_that_needs_it(tmp
         ConfigError, match=r"^the .app file of demo: OTP application not_installed_here is not"
     ):
         runtime.closure(erlang.host_toolchain(), app, {})
+
+
+def test_pe_timestamp_fix_keeps_objcopys_checksum_algorithm(tmp_path: Path) -> None:
+    """objcopy stamps the current time into a PE file; the fix sets a fixed one with a valid checksum."""
+    if not beam.EFI_STUB.is_file():
+        pytest.skip("systemd-boot-efi is not installed")
+    (tmp_path / "payload").write_bytes(b"x" * 100_001)
+    out = tmp_path / "a.efi"
+    subprocess.run(
+        ["objcopy", "--add-section", f".linux={tmp_path / 'payload'}", "--change-section-vma",
+         ".linux=0x2000000", str(beam.EFI_STUB), str(out)],
+        check=True,
+    )  # fmt: skip
+    original = out.read_bytes()
+    pe = int.from_bytes(original[0x3C:0x40], "little")
+    beam.fix_pe_timestamp(out, int.from_bytes(original[pe + 8 : pe + 12], "little"))
+    assert out.read_bytes() == original  # same stamp: objcopy's own checksum is reproduced exactly
+    beam.fix_pe_timestamp(out, 946684800)
+    header = subprocess.run(["objdump", "-p", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "Sat Jan  1 00:00:00 2000" in header

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import shutil
 import stat
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -282,10 +281,9 @@ def fix_pe_timestamp(path: Path, timestamp: int) -> None:
     data[pe + 8 : pe + 12] = timestamp.to_bytes(4, "little")
     checksum_at = pe + 24 + 64
     data[checksum_at : checksum_at + 4] = bytes(4)
-    total = 0
     padded = bytes(data) + b"\0" * (len(data) % 2)
-    for (word,) in struct.iter_unpack("<H", padded):
-        total += word
+    total = sum(memoryview(padded).cast("H"))  # 16-bit little-endian words (x86 is little-endian)
+    while total > 0xFFFF:  # end-around carry, as the specification's running sum does
         total = (total & 0xFFFF) + (total >> 16)
     data[checksum_at : checksum_at + 4] = ((total & 0xFFFF) + len(data)).to_bytes(4, "little")
     write_atomic(path, bytes(data))
