@@ -15,15 +15,19 @@ Prints, for the current build of the environment (built first if needed):
 
 from __future__ import annotations
 
-import argparse
-import re
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
+
+# bench/http.py would shadow the standard library's http package (which QEMU health checks use).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import erlang, render
-from pipeline.blocks import describe
+from pipeline.blocks import DiskRecord, describe
 from pipeline.config import Settings
 from pipeline.erlang import CompiledApp
 from pipeline.errors import ConfigError, ImageError
@@ -97,6 +97,11 @@ def check_cmdline(text: str, limit: int, where: str) -> None:
 
 
 def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
+    """Make ``boot/`` and ``disks/`` under ``ctx.out``; return the manifest's ``image`` section.
+
+    Everything is written inside the (temporary) build directory, which the build removes whole if
+    anything fails; the package cache outside it only ever holds complete packages.
+    """
     settings = ctx.settings
     work = ctx.out / ".work"
     work.mkdir()
@@ -112,20 +117,7 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
 
     tree = initramfs.Tree()
     _base_system(tree, busybox_pkg.root)
-    platforms = []
-    for p in r.platforms:
-        mods = index.load_order(p.modules, f"{recipe.RECIPE}: platforms.{p.name}.modules")
-        for m in mods:
-            tree.add_file(f"/lib/modules/{index.release}/{m.relpath}", m.path, mode=0o644)
-        kind, _, arg = p.detect.partition(":")
-        platforms.append(
-            {
-                "name": p.name,
-                "description": p.description,
-                "detect": {"kind": kind, "arg": arg},
-                "modules": [m.relpath for m in mods],
-            }
-        )
+    platforms = _modules(tree, index, r)
     for prog in HOST_PROGRAMS:
         tree.add_file(prog, Path(prog))
     host_libs = runtime.shared_libraries([Path(p) for p in HOST_PROGRAMS])
@@ -166,23 +158,7 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
     direct = cmdline(r, "ttyS0")
     write_atomic(boot / "cmdline", (direct + "\n").encode())
 
-    disks = []
-    for spec in r.disks:
-        check_cmdline(lines[spec.name], spec.cmdline_max, f"disks.{spec.name}")
-        image = ctx.out / "disks" / f"{spec.name}.img"
-        if spec.name == "hvm-uefi":
-            uki = unified_kernel_image(work / "linux.efi", kernel, initrd, lines[spec.name], ctx)
-            disk.uefi_disk(image, {"/EFI/BOOT/BOOTX64.EFI": uki})
-            disks.append(describe(ctx.out, image, spec.name, "hvm", "uefi"))
-        else:
-            menu = render.render(
-                templates,
-                "menu.lst.j2",
-                {**ctx.template_context, "kernel_path": "/boot/vmlinuz", "initrd_path": "/boot/initrd.img",
-                 "cmdline": lines[spec.name]},
-            )  # fmt: skip
-            disk.pv_disk(image, {"/boot/vmlinuz": kernel, "/boot/initrd.img": initrd}, menu)
-            disks.append(describe(ctx.out, image, spec.name, "pv", "pv-grub"))
+    disks = [_disk(ctx, spec, kernel, initrd, lines[spec.name], work) for spec in r.disks]
     shutil.rmtree(work)
     return {
         "kernel": {
@@ -216,6 +192,49 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         },
         "disks": disks,
     }
+
+
+def _modules(tree: initramfs.Tree, index: kmod.ModuleIndex, r: Recipe) -> list[dict[str, Any]]:
+    """Add every platform's modules (dependencies first) to ``tree``; return the init script's view."""
+    platforms = []
+    for p in r.platforms:
+        mods = index.load_order(p.modules, f"{recipe.RECIPE}: platforms.{p.name}.modules")
+        for m in mods:
+            tree.add_file(f"/lib/modules/{index.release}/{m.relpath}", m.path, mode=0o644)
+        kind, _, arg = p.detect.partition(":")
+        platforms.append(
+            {
+                "name": p.name,
+                "description": p.description,
+                "detect": {"kind": kind, "arg": arg},
+                "modules": [m.relpath for m in mods],
+            }
+        )
+    return platforms
+
+
+def _disk(
+    ctx: BuildContext, spec: recipe.DiskSpec, kernel: Path, initrd: Path, line: str, work: Path
+) -> DiskRecord:
+    """Make one disk of the recipe under ``disks/`` and describe it for the manifest."""
+    check_cmdline(line, spec.cmdline_max, f"disks.{spec.name}")
+    image = ctx.out / "disks" / f"{spec.name}.img"
+    if spec.name == "hvm-uefi":
+        uki = unified_kernel_image(work / "linux.efi", kernel, initrd, line, ctx)
+        disk.uefi_disk(image, {"/EFI/BOOT/BOOTX64.EFI": uki})
+        return describe(ctx.out, image, spec.name, "hvm", "uefi")
+    menu = render.render(
+        ctx.settings.root / "templates",
+        "menu.lst.j2",
+        {
+            **ctx.template_context,
+            "kernel_path": "/boot/vmlinuz",
+            "initrd_path": "/boot/initrd.img",
+            "cmdline": line,
+        },
+    )
+    disk.pv_disk(image, {"/boot/vmlinuz": kernel, "/boot/initrd.img": initrd}, menu)
+    return describe(ctx.out, image, spec.name, "pv", "pv-grub")
 
 
 def _base_system(tree: initramfs.Tree, busybox_root: Path) -> None:
