@@ -129,6 +129,7 @@ def run(
     check: bool = False,
 ) -> None:
     """Boot the built image in QEMU and wait for it to answer; Ctrl-C shuts it down."""
+    import signal
     import threading
     from pathlib import Path
 
@@ -148,6 +149,10 @@ def run(
         if not vm.running():
             raise Exit(f"error: the VM stopped by itself; see {vm.spec.console_log}", code=1)
 
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a kill (SIGTERM) shuts the VM down like Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminated)
     with failures():
         s = load(env, set_)
         try:

@@ -304,6 +304,9 @@ def test_the_uefi_disk_boots_through_ovmf_and_starts_a_fresh_scratch_disk_at_0(
         assert _get(vm, port, "/version")[1]["build_id"] == dev.result.build_id
         assert _get(vm, port, "/health") == (200, {"status": "ok", "storage": "disc"})
         assert _get(vm, port, "/counter") == (200, {"counter": 0})
+        console = vm.spec.console_log.read_text(errors="replace")
+        # NVMe disks as on Nitro: the boot disk (partitioned) is nvme0n1, the blank scratch disk nvme1n1
+        assert "init: scratch: making a file system on /dev/nvme1n1" in console
     assert sha256_file(dev.disk("hvm-uefi")) == disk_sha  # booted through an overlay: never written
 
 

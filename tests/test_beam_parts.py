@@ -3,6 +3,7 @@ loader, the QEMU runner's refusals."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -229,3 +230,15 @@ def test_pe_timestamp_fix_keeps_objcopys_checksum_algorithm(tmp_path: Path) -> N
     beam.fix_pe_timestamp(out, 946684800)
     header = subprocess.run(["objdump", "-p", str(out)], capture_output=True, text=True, check=True).stdout
     assert "Sat Jan  1 00:00:00 2000" in header
+
+
+def test_files_of_a_killed_run_are_removed_and_those_of_live_processes_kept(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / f"{dead.pid}-vm-web-abc").mkdir()
+    (tmp_path / f"{os.getpid()}-vm-web-def").mkdir()
+    (tmp_path / f"scratch-{dead.pid}.img").write_bytes(b"")
+    (tmp_path / "unrelated").mkdir()
+    qemu.remove_abandoned(tmp_path.iterdir(), r"(?P<pid>\d+)-vm-")
+    qemu.remove_abandoned(tmp_path.iterdir(), r"scratch-(?P<pid>\d+)\.img$")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{os.getpid()}-vm-web-def", "unrelated"]

@@ -2,7 +2,8 @@
 
 Direct kernel boot (the build's ``boot/vmlinuz``, ``boot/initrd.img`` and ``boot/cmdline``) is the
 fast default; ``disk=True`` boots the exact ``hvm-uefi`` disk image through OVMF, which is what EC2
-boots (through a copy-on-write overlay: the build's image is never written). A scratch disk is
+boots (through a copy-on-write overlay: the build's image is never written), with NVMe disks as on
+Nitro. A scratch disk is
 attached: a new sparse file, removed afterwards, or ``scratch=PATH`` to keep and reuse one.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 from pipeline import build
 from pipeline.config import Settings
 from pipeline.errors import ImageError
-from pipeline.local.qemu import QEMU, QEMU_HINT, Vm, VmSpec, http_get, make_scratch
+from pipeline.local.qemu import QEMU, QEMU_HINT, Vm, VmSpec, http_get, make_scratch, remove_abandoned
 from pipeline.proc import which
 
 
@@ -71,7 +72,9 @@ def spec_for(
     }
     if disk:
         disks = {d["name"]: d for d in image["disks"]}
-        return VmSpec(disk=build_dir / disks["hvm-uefi"]["file"], **common)
+        # NVMe disks, as on Nitro: the boot path (OVMF, the kernel's built-in NVMe driver) and the
+        # init script's choice of scratch disk see what they will see on EC2.
+        return VmSpec(disk=build_dir / disks["hvm-uefi"]["file"], disk_bus="nvme", **common)
     return VmSpec(
         kernel=build_dir / image["kernel"]["file"],
         initrd=build_dir / image["initramfs"]["file"],
@@ -102,6 +105,8 @@ def boot(
     run_dir = settings.work_dir / "run" / found.build_id
     console_log = run_dir / f"console-{mode}.log"
     made_scratch = None
+    if run_dir.is_dir():
+        remove_abandoned(run_dir.iterdir(), r"scratch-(?P<pid>\d+)\.img$")
     if scratch is None:
         made_scratch = scratch = run_dir / f"scratch-{os.getpid()}.img"
         scratch.unlink(missing_ok=True)

@@ -26,13 +26,14 @@ import http.client
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -127,7 +128,10 @@ class Vm:
             if host:
                 check_port_free(host)
             self.ports[guest] = host or free_port()
-        self.work = Path(tempfile.mkdtemp(prefix=f"vm-{spec.name}-"))
+        base = Path(tempfile.gettempdir()) / "erlang-unikernel-vms"
+        base.mkdir(exist_ok=True)
+        remove_abandoned(base.iterdir(), r"(?P<pid>\d+)-vm-")
+        self.work = Path(tempfile.mkdtemp(dir=base, prefix=f"{os.getpid()}-vm-{spec.name}-"))
         try:
             argv = [qemu, *self._args()]
             spec.console_log.parent.mkdir(parents=True, exist_ok=True)
@@ -314,6 +318,33 @@ class Vm:
         if not text and self.proc is not None:
             text = f"QEMU exit status {self.proc.returncode}"
         return text.splitlines()[-1] if text else "no output"
+
+
+def remove_abandoned(paths: Iterable[Path], pattern: str) -> None:
+    """Remove the files and directories whose name matches ``pattern`` (from its start) with a
+    ``pid`` group naming a process that is gone.
+
+    A pipeline killed outright (SIGKILL) cannot clean up; its VM died with it (PDEATHSIG), and the
+    next run removes what it left.
+    """
+    for path in paths:
+        m = re.match(pattern, path.name)
+        if m is None or _alive(int(m.group("pid"))):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_scratch(path: Path, size_gib: int) -> Path:
