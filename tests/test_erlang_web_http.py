@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -32,10 +31,32 @@ def connect(node: ErlangWebNode, timeout: float = 5) -> socket.socket:
 
 
 def read_response(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """Read exactly one response from a raw socket."""
-    resp = http.client.HTTPResponse(sock, method=method)
-    resp.begin()
-    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    """Read exactly one response from a raw socket, and not a byte more.
+
+    The head is read byte by byte and the body by its Content-Length, so a response that arrived in
+    the same segment as the previous one (pipelining) is left in the socket for the next call; a
+    buffered reader would swallow it.
+    """
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"connection closed after {head!r}")
+        head += byte
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        if line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(body)} of {length} body bytes")
+        body += chunk
+    return int(status_line.split()[1]), headers, body
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
