@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import config
+from pipeline.images import debs
 from pipeline.xen import host as xenhost
 from pipeline.xen import recipe
 from pipeline.xen.machine import XenMachine
@@ -49,10 +50,10 @@ def main() -> None:
     settings = config.load()
     r = recipe.load(settings.root)
     h = xenhost.prepare(settings.root, r)
-    cache = xenhost.cache_dir()
-    kernel_root = xenhost.fetch(r.dom0.kernel_package, r.packages[r.dom0.kernel_package], cache)
+    kernel = r.dom0.kernel_package
+    kernel_root = debs.fetch(kernel, r.packages[kernel], "ami/xen.toml").root
     untrimmed = sum(
-        tree_size(xenhost.fetch(name, version, cache))
+        tree_size(debs.fetch(name, version, "ami/xen.toml").root)
         for name, version in r.packages.items()
         if name not in (r.hypervisor.package, "grub-xen-bin", "grub-common")
     ) - tree_size(kernel_root / "boot")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from pipeline.images import debs
 from pipeline.xen import host as xenhost
 from pipeline.xen.recipe import XenRecipe
 
@@ -48,7 +49,7 @@ echo "fixture: address $ip"
 
 def kernel_root(recipe: XenRecipe, cache: Path | None = None) -> Path:
     name = recipe.dom0.kernel_package
-    return xenhost.fetch(name, recipe.packages[name], cache or xenhost.cache_dir())
+    return debs.fetch(name, recipe.packages[name], "ami/xen.toml", cache).root
 
 
 def guest_kernel(recipe: XenRecipe) -> Path:

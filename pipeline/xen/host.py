@@ -13,8 +13,8 @@ loader template and :data:`FORMAT`):
 - ``pvgrub.bin``: the PV-GRUB-compatible loader, ``grub-mkimage -O x86_64-xen`` with the rendered
   ``templates/xen/pvgrub.cfg.j2`` in its memdisk.
 
-Packages are fetched with ``apt-get download NAME=VERSION`` and unpacked with ``dpkg-deb -x`` into
-``<cache>/debs/NAME_VERSION/root``. Every output appears only complete (made in a temporary
+Packages are fetched and unpacked by :mod:`pipeline.images.debs` (the image targets' pinned-package
+cache, never installed). Every output appears only complete (made in a temporary
 directory that is renamed into place), so a killed run never leaves a host that looks ready.
 """
 
@@ -24,7 +24,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -38,7 +37,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import InterpSegment
 
 from pipeline import render
-from pipeline.errors import ImageError, ToolFailed
+from pipeline.errors import ImageError
+from pipeline.images import debs
 from pipeline.manifest import digest_of, sha256_file
 from pipeline.proc import run
 from pipeline.xen import pvdisk, pvkernel
@@ -47,7 +47,6 @@ from pipeline.xen.recipe import XenRecipe
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # bump when the layout of the prepared host changes
-CACHE_NAME = "erlang-unikernel"
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 LOADER_TEMPLATE = "xen/pvgrub.cfg.j2"
 PIN_HINT = "add the Debian package that holds it to [packages] in ami/xen.toml"
@@ -71,16 +70,9 @@ class PreparedHost:
         return [str(m) for m in mods] if isinstance(mods, list) else []
 
 
-def cache_dir(env: dict[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/erlang-unikernel`` or ``~/.cache/erlang-unikernel``."""
-    environ = os.environ if env is None else env
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / CACHE_NAME
-
-
 def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> PreparedHost:
     """The test host for ``recipe``: reused from the cache, else made (downloading what is missing)."""
-    cache = cache or cache_dir()
+    cache = cache or debs.cache_dir()
     template = root / "templates" / LOADER_TEMPLATE
     key = digest_of(
         {
@@ -92,7 +84,10 @@ def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> Prepare
     final = cache / "xen" / key
     if (final / "host.json").is_file():
         return _host(final)
-    roots = {name: fetch(name, version, cache) for name, version in recipe.packages.items()}
+    roots = {
+        name: debs.fetch(name, version, "ami/xen.toml: packages", cache).root
+        for name, version in recipe.packages.items()
+    }
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
     try:
@@ -111,48 +106,6 @@ def prepare(root: Path, recipe: XenRecipe, cache: Path | None = None) -> Prepare
 def _host(d: Path) -> PreparedHost:
     record = json.loads((d / "host.json").read_text())
     return PreparedHost(d, d / "xen.elf", d / "dom0.elf", d / "dom0.cpio", d / "pvgrub.bin", record)
-
-
-# -- Debian packages -----------------------------------------------------------------------------------
-
-
-def fetch(name: str, version: str, cache: Path) -> Path:
-    """The unpacked root of package ``name`` at exactly ``version`` (downloaded if not cached)."""
-    base = cache / "debs"
-    final = base / f"{name}_{version.replace(':', '%3a')}"
-    if (final / "root").is_dir() and (final / "deb.sha256").is_file():
-        return final / "root"
-    base.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=base, prefix=f".{name}."))
-    try:
-        work.chmod(0o755)  # apt downloads as the _apt user when it can
-        try:
-            run(
-                ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{name}={version}"],
-                cwd=work,
-                what="apt-get download",
-            )
-        except ToolFailed as err:
-            raise ImageError(
-                f"ami/xen.toml: Debian package {name} version {version} is not available from apt "
-                f"({err.message})",
-                hint=f"run apt-get update; apt-cache policy {name} lists the versions there are",
-            ) from err
-        debs = sorted(work.glob("*.deb"))
-        if len(debs) != 1:
-            raise ImageError(f"ami/xen.toml: apt-get download {name}={version} gave {len(debs)} files")
-        run(["dpkg-deb", "-x", debs[0], work / "root"], what="dpkg-deb")
-        (work / "deb.sha256").write_text(sha256_file(debs[0]) + "\n")
-        debs[0].unlink()
-        try:
-            work.rename(final)
-        except OSError:
-            if not (final / "deb.sha256").is_file():
-                raise
-        log.info("fetched %s %s", name, version)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return final / "root"
 
 
 # -- making the host -----------------------------------------------------------------------------------
