@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(pipeline.__file__).parent
 # The pipeline's own code that shapes build outputs: changing it must change the build id.
-BUILDER_PATTERNS = ("build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py")
+BUILDER_PATTERNS = (
+    "build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py", "xen/pvkernel.py",
+)  # fmt: skip
 APP_PATTERNS = ("src/**/*", "include/**/*", "priv/**/*", "rebar.config")
 # Outputs listed by their target with their own digests (large disk images are not hashed twice).
 SELF_DESCRIBED_DIRS = ("disks/",)

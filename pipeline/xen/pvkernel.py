@@ -1,10 +1,10 @@
 """Is a kernel file one that Xen can start as a 64-bit PV guest (what PV-GRUB boots)?
 
-PV-GRUB loads ELF kernels, plain or compressed (gzip, bzip2, lzo, xz), and Linux bzImages, whose
+PV-GRUB loads ELF kernels, plain or compressed (gzip, bzip2, lzo, xz), and Linux bzImages whose
 protected-mode payload is such a compressed ELF (x86 boot protocol 2.08+: ``payload_offset`` and
 ``payload_length`` in the setup header). A kernel is a Xen PV kernel when that ELF is 64-bit x86-64
 and announces itself to Xen: with ELF notes named ``Xen`` (Linux, Mini-OS) or with the legacy
-``__xen_guest`` section (LING). This module only reads bytes; it runs nothing.
+``__xen_guest`` section (LING). Only :func:`for_pv_grub` runs a program (a decompressor).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import NoteSegment
+
+from pipeline.proc import run
 
 ELF_MAGIC = b"\x7fELF"
 _XZ = b"\xfd7zXZ\x00"
@@ -87,6 +89,37 @@ def unpack(data: bytes) -> tuple[str, bytes]:
     if kind is None:
         raise NotPvKernel("neither an ELF file, a compressed ELF file nor a Linux bzImage")
     return f"{kind} elf", _decompress(kind, data, "file")
+
+
+def for_pv_grub(data: bytes) -> bytes:
+    """``data`` in a form PV-GRUB loads: unchanged when it can already, else the kernel's ELF, gzipped.
+
+    A bzImage whose payload PV-GRUB cannot decompress (Debian's cloud kernel is LZ4-compressed; zstd
+    is also used) is unpacked with the ``lz4``/``zstd`` program and its ELF gzipped (fixed header
+    time, so equal input gives equal output). Raises :class:`NotPvKernel` when the result would not
+    be a Xen PV kernel either.
+    """
+    try:
+        inspect(data)
+        return data
+    except NotPvKernel:
+        if data[0x202:0x206] != _BZIMAGE_MAGIC:
+            raise
+    setup_sects = data[0x1F1] or 4
+    start = (setup_sects + 1) * 512
+    offset, length = struct.unpack_from("<II", data, 0x248)
+    payload = data[start + offset : start + offset + length]
+    kind = _compression(payload)
+    if kind not in ("lz4", "zstd"):
+        raise NotPvKernel(f"bzImage payload in a format that cannot be repacked ({kind or 'unknown'})")
+    # The kernel's build appends the uncompressed size (32 bits) to the compressed stream.
+    (size,) = struct.unpack("<I", payload[-4:])
+    elf = run([kind, "-d", "-c"], input=payload[:-4], what=f"{kind} -d").stdout
+    if len(elf) != size:
+        raise NotPvKernel(f"bzImage payload unpacked to {len(elf)} bytes, its trailer says {size}")
+    packed = gzip.compress(elf, compresslevel=6, mtime=0)
+    inspect(packed)
+    return packed
 
 
 def vmlinux(data: bytes) -> bytes:
