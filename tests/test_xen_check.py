@@ -7,23 +7,16 @@ Slow (one build, one Xen boot); marked ``xen``.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from pipeline import build, config
-from tests.project import REPO, copy_project, invoke
+from tests.project import copy_project, invoke
 
 pytestmark = pytest.mark.xen
 
 
-def _beam_declares_pv_disk() -> bool:
-    recipe = REPO / "ami" / "beam.toml"
-    return recipe.is_file() and "pv" in tomllib.loads(recipe.read_text()).get("disks", {})
-
-
-@pytest.mark.skipif(not _beam_declares_pv_disk(), reason="ami/beam.toml of this checkout declares no pv disk")
 def test_xen_check_boots_the_builds_pv_disk_and_gets_health_and_version(tmp_path: Path) -> None:
     project = copy_project(tmp_path / "project")
     built = build.build(config.load(project))
