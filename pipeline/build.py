@@ -94,7 +94,8 @@ def plan(settings: Settings) -> BuildPlan:
     inputs = {
         "schema": SCHEMA,
         "sources": tree_digests(settings.app_dir, settings.root, APP_PATTERNS),
-        "templates": tree_digests(settings.root / "templates", settings.root, ("**/*.j2",)),
+        # Only the templates baked into images; templates/xen/ belongs to the local Xen test host.
+        "templates": tree_digests(settings.root / "templates", settings.root, ("*.j2",)),
         "builder": tree_digests(PACKAGE_DIR, PACKAGE_DIR, BUILDER_PATTERNS),
         "recipe": target.input_files(settings),
         "settings": {"env": settings.env, "app": asdict(settings.app), "image": asdict(settings.image)},
