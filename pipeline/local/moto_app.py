@@ -287,14 +287,20 @@ class LocalAws:
         return chunks
 
     def _serve(self, environ: dict[str, Any], body: bytes) -> tuple[str, list[tuple[str, str]], list[bytes]]:
+        global _frozen_now
         mutating = is_mutating(environ, body)
         at = dt.datetime.now(dt.UTC)
         if mutating:
             self._seed_random(self.journal.random_seed(self.journal.entries + 1))
+            # moto reads the journaled time while it handles the request, as it will on replay, so a
+            # request that straddles a second boundary gets the same creation time both times.
+            _frozen_now = at
         try:
             result = self._call(environ, body)
         except NotImplementedError as err:
             return _not_implemented(environ, body, str(err))
+        finally:
+            _frozen_now = None
         if mutating:
             self.journal.append(environ, body, at)
         return result
