@@ -346,7 +346,7 @@ def rollback(
     """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
     from pipeline.aws import deploy as deployer
     from pipeline.aws import status as stack_status
-    from pipeline.aws.params import COLORS
+    from pipeline.aws.tags import COLORS
 
     with failures():
         color = next((c for c in COLORS if c == to), None)

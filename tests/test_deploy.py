@@ -506,7 +506,7 @@ def test_an_instance_type_that_cannot_boot_the_image_is_refused(live_v1: tuple[W
     w, _v1, _v2 = live_v1
     pv = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv"])
     w.ami(B2, "pv")
-    assert_refused(w, B2, 'deploy.instance_type: "t3.micro" cannot boot pv images', pv)
+    assert_refused(w, B2, 'deploy.instance_type: "t3.micro" cannot boot paravirtual (PV) images', pv)
 
 
 def test_a_pv_release_on_a_pv_instance_type_is_deployed(live_v1: tuple[World, str, str]) -> None:
@@ -649,7 +649,7 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     b2 = build.plan(s2).build_id
     third = {p.stage: p for p in deploy.plan(s2, clients, runtime)}
     assert third["build"].action == "would build"
-    assert third["deploy"].detail == f"build {b2} to green once its AMI exists"
+    assert third["deploy"].detail == f"build {b2} to green once its AMI is available"
     build.build(s2)
     register_ami(clients, s2, b2)
     mark = rec.mark()
@@ -672,6 +672,6 @@ def test_missing_credentials_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_p
     with pytest.raises(PipelineError) as err:
         stack_status.status(s, Clients(region="us-east-1"))
     assert str(err.value) == (
-        "status: Unable to locate credentials "
-        "(hint: check aws.endpoint, aws.profile and aws.region in pipeline.toml)"
+        "status: AWS: no credentials found "
+        '(hint: configure them (aws configure, AWS_PROFILE, aws.profile), or use aws.endpoint = "local")'
     )

@@ -11,7 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
-from pipeline.aws import cfn
+from pipeline.aws import calls, cfn
 from pipeline.errors import AwsError, DeployError
 from tests.deploy_support import FakeClock
 
@@ -372,7 +372,7 @@ def test_access_denied_points_at_the_policy() -> None:
         },
         "UpdateStack",
     )
-    err = cfn.aws_failure(denied, "deploy")
+    err = calls.describe(denied, "deploy")
     assert isinstance(err, AwsError)
     assert str(err) == (
         "deploy: AWS denied UpdateStack (AccessDenied): User: x is not authorized to perform: "
@@ -381,5 +381,11 @@ def test_access_denied_points_at_the_policy() -> None:
     )
     other = ClientError({"Error": {"Code": "Throttling", "Message": "Rate\nexceeded"}}, "DescribeStacks")
     assert (
-        str(cfn.aws_failure(other, "status")) == "status: DescribeStacks failed (Throttling): Rate exceeded"
+        str(calls.describe(other, "status"))
+        == "status: AWS DescribeStacks failed (Throttling): Rate exceeded"
+    )
+    expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeImages")
+    assert str(calls.describe(expired)) == (
+        "AWS DescribeImages failed (ExpiredToken): expired "
+        "(hint: the session has expired; log in again (aws sso login, or new credentials))"
     )

@@ -21,8 +21,8 @@ from pipeline.aws.health import (
     assess,
     http_probe,
 )
-from pipeline.aws.params import Color
 from pipeline.aws.stack import COLOR_HEADER
+from pipeline.aws.tags import Color
 from tests.deploy_support import FakeClock, aws, make_clients  # noqa: F401
 from tests.erlnode import ErlangWebNode, free_port
 

@@ -248,7 +248,10 @@ def test_a_stack_with_its_own_vpc_is_deleted_also_after_a_reset_and_a_restart(tm
         entries = server.status(settings)["journal_entries"]
         server.stop(settings)
         server.ensure_running(settings)
-        assert (server.status(settings)["replayed"], server.status(settings)["replay_failures"]) == (entries, 0)
+        assert (server.status(settings)["replayed"], server.status(settings)["replay_failures"]) == (
+            entries,
+            0,
+        )
         cf = local.clients().cloudformation()
         assert [s["StackStatus"] for s in cf.list_stacks()["StackSummaries"]] == ["DELETE_COMPLETE"]
         assert [v["IsDefault"] for v in local.clients().ec2().describe_vpcs()["Vpcs"]] == [True]

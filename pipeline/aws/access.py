@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError
 
 from pipeline import ui
 from pipeline.aws import tags as T
-from pipeline.aws.images import ImageRecord, error_code, parse_time
+from pipeline.aws.calls import error_code
+from pipeline.aws.images import ImageRecord, parse_time
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client

@@ -107,7 +107,7 @@ class Publication:
         return out
 
 
-@one_line_errors
+@one_line_errors()
 def find_image(
     clients: Clients, settings: Settings, build_id: str, virtualization: str, region: str
 ) -> ImageRecord | None:
@@ -145,7 +145,7 @@ def select_disk(build: Build, virtualization: str) -> dict[str, Any]:
     )
 
 
-@one_line_errors
+@one_line_errors()
 def publish(
     settings: Settings,
     clients: Clients,

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from pipeline.errors import AwsError, DeployError
+from pipeline.aws.calls import error_code
+from pipeline.errors import DeployError
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
@@ -47,8 +48,6 @@ GOOD = {
     "IMPORT_COMPLETE",
     "IMPORT_ROLLBACK_COMPLETE",
 }
-
-ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
 
 
 class StackFailed(DeployError):
@@ -80,8 +79,8 @@ class Change:
 
 def is_missing(err: ClientError) -> bool:
     """``DescribeStacks`` of a stack that does not exist: ValidationError "Stack with id X does not exist"."""
-    e = err.response.get("Error", {})
-    return e.get("Code") == "ValidationError" and "does not exist" in e.get("Message", "")
+    message = err.response.get("Error", {}).get("Message", "")
+    return error_code(err) == "ValidationError" and "does not exist" in message
 
 
 NO_CHANGE_TEXTS = (
@@ -94,22 +93,6 @@ NO_CHANGE_TEXTS = (
 def is_no_change(text: str) -> bool:
     """Whether a CloudFormation message says that the request changes nothing."""
     return any(t in text for t in NO_CHANGE_TEXTS)
-
-
-def aws_failure(err: ClientError, doing: str = "") -> AwsError:
-    """A one-line error for a failed AWS call (``doing``: what the pipeline was at, as a prefix), with
-    a hint for missing permissions."""
-    e = err.response.get("Error", {})
-    code = e.get("Code", "Error")
-    message = " ".join(str(e.get("Message", "")).split())
-    op = err.operation_name
-    prefix = f"{doing}: " if doing else ""
-    if code in ACCESS_DENIED or "not authorized" in message.lower():
-        return AwsError(
-            f"{prefix}AWS denied {op} ({code}): {message}",
-            hint="invoke iam-policy prints the policy the pipeline needs; attach it to these credentials",
-        )
-    return AwsError(f"{prefix}{op} failed ({code}): {message}")
 
 
 # -- reading -----------------------------------------------------------------------------------------------
@@ -271,9 +254,7 @@ def update(
             Tags=[dict(t) for t in tags],  # type: ignore[misc]
         )
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") == "ValidationError" and is_no_change(
-            err.response["Error"].get("Message", "")
-        ):
+        if error_code(err) == "ValidationError" and is_no_change(err.response["Error"].get("Message", "")):
             return False
         raise
     return True

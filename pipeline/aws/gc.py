@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
-from pipeline.aws.calls import one_line_errors
+from pipeline.aws.calls import error_code, error_text, one_line_errors
 from pipeline.aws.delta import describe_snapshots
 from pipeline.aws.images import ImageRecord
 from pipeline.aws.session import Clients
@@ -82,7 +82,7 @@ class GcPlan:
         ]
 
 
-@one_line_errors
+@one_line_errors()
 def plan(
     clients: Clients,
     settings: Settings,
@@ -204,7 +204,7 @@ def _image_ids(value: str) -> Iterable[str]:
             yield part
 
 
-@one_line_errors
+@one_line_errors()
 def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[Removal, str]]:
     """Carry out ``gc_plan``: images first, then snapshots. Returns the removals that failed, with why."""
     scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}
@@ -225,8 +225,7 @@ def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[R
                 ec2.delete_snapshot(SnapshotId=removal.resource_id)
             log.info("gc: removed %s %s in %s", removal.kind, removal.resource_id, removal.region)
         except ClientError as err:
-            e = err.response.get("Error", {})
-            failures.append((removal, f"{e.get('Code')}: {e.get('Message')}"))
+            failures.append((removal, error_text(err)))
     return failures
 
 
@@ -238,7 +237,7 @@ def _check(ec2: EC2Client, removal: Removal, scope: Mapping[str, str]) -> Litera
         else:
             found = ec2.describe_snapshots(SnapshotIds=[removal.resource_id]).get("Snapshots", [])  # type: ignore[assignment]
     except ClientError as err:
-        if "NotFound" in str(err.response.get("Error", {}).get("Code", "")):
+        if "NotFound" in error_code(err):
             return "gone"
         raise
     if not found:

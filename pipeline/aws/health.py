@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.aws.params import Color
 from pipeline.aws.stack import COLOR_HEADER, HEALTH_PATH
+from pipeline.aws.tags import Color
 from pipeline.errors import DeployError
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
+from pipeline.aws.calls import error_code
 from pipeline.aws.wait import poll
 from pipeline.errors import AwsError
 
@@ -138,7 +139,3 @@ def parse_time(text: str) -> datetime:
     """An AWS timestamp (``2026-01-02T03:04:05.000Z``) as an aware UTC datetime."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def error_code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))

@@ -40,6 +40,7 @@ from rich.text import Text
 
 from pipeline import ui
 from pipeline.aws import tags as T
+from pipeline.aws.calls import error_code, error_text
 from pipeline.aws.delta import UploadPlan, block_checksum, describe_snapshots
 from pipeline.aws.wait import poll
 from pipeline.blocks import BLOCK_SIZE
@@ -128,7 +129,7 @@ class Uploader:
                 raise
             except ClientError as err:
                 raise AwsError(
-                    f"upload of {p.image.name} into {snapshot_id} failed: {_describe(err)}",
+                    f"upload of {p.image.name} into {snapshot_id} failed: {error_text(err)}",
                     hint="run the same command again: it resumes the upload (invoke gc removes leftovers)",
                 ) from err
             self._complete(p, snapshot_id)
@@ -187,7 +188,7 @@ class Uploader:
         try:
             found = self.ec2.describe_snapshots(SnapshotIds=[snapshot_id]).get("Snapshots", [])
         except ClientError as err:
-            if _code(err) == "InvalidSnapshot.NotFound":
+            if error_code(err) == "InvalidSnapshot.NotFound":
                 return
             raise
         if not found or not T.managed(T.from_aws(found[0].get("Tags"))):
@@ -229,7 +230,7 @@ class Uploader:
                 self._put(p, snapshot_id, fd, job)
                 return True
             except ClientError as err:
-                code = _code(err)
+                code = error_code(err)
                 if resumed and code in NOT_WRITABLE_CODES:
                     log.info("interrupted upload %s cannot be resumed (%s)", snapshot_id, code)
                     return False
@@ -399,15 +400,6 @@ def _raise_first(done: set[Future[int]]) -> None:
 
 def _nothing() -> None:
     return None
-
-
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
-
-
-def _describe(err: ClientError) -> str:
-    e = err.response.get("Error", {})
-    return f"{e.get('Code', '?')}: {e.get('Message', '')}".strip()
 
 
 class _Blocks(ProgressColumn):

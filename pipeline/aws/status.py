@@ -7,10 +7,11 @@ from typing import Any
 
 from pipeline import ui
 from pipeline.aws import cfn, tags
-from pipeline.aws.deployment import Deployment, Runtime, aws_errors
+from pipeline.aws.calls import one_line_errors
+from pipeline.aws.deployment import Deployment, Runtime
 from pipeline.aws.health import HealthSource, Target
-from pipeline.aws.params import COLORS, Color
 from pipeline.aws.session import Clients
+from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
 from pipeline.errors import DeployError
 
@@ -61,7 +62,7 @@ class Status:
         }
 
 
-@aws_errors("status")
+@one_line_errors("status")
 def status(settings: Settings, clients: Clients, health: HealthSource | None = None) -> Status | None:
     """The stack's colours, releases, capacities, weights and target health; None if there is none."""
     d = Deployment(settings, clients, Runtime(health=health))
@@ -148,7 +149,7 @@ class Destroyed:
     images: tuple[str, ...]  # AMIs of this app and env that gc could now remove
 
 
-@aws_errors("destroy")
+@one_line_errors("destroy")
 def destroy(
     settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
 ) -> Destroyed:

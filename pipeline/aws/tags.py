@@ -44,7 +44,8 @@ UPLOAD_INCOMPLETE = "incomplete"
 UPLOAD_COMPLETE = "complete"
 NO_PARENT = "none"
 
-Color = Literal["blue", "green"]
+Color = Literal["blue", "green"]  # the two sides of a blue/green stack
+COLORS: tuple[Color, Color] = ("blue", "green")
 
 
 def image_name(app: str, env: str, target: str, virtualization: str, build_id: str) -> str:
