@@ -113,5 +113,5 @@ def ensure_deprecation(ec2: EC2Client, image: ImageRecord, at: datetime) -> list
             f"{image.region}: this AWS endpoint cannot deprecate images; recorded {T.DEPRECATE_AT}={stamp}"
         )
         action = f"deprecation at {stamp} recorded as a tag only ({error_code(err)})"
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list({T.DEPRECATE_AT: stamp}))
+    ec2.create_tags(Resources=[image.image_id], Tags=T.to_aws({T.DEPRECATE_AT: stamp}))
     return [action]

@@ -141,8 +141,8 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     )
     if dry_run:
         return Outcome("planned", d.name, None, release.build_id, release.image_id)
-    if not d.runtime.confirm(f"create stack {d.name} in {s.aws.region}?"):
-        raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
+    # No question here: a new stack replaces no release, and the first ``invoke build ami deploy`` runs
+    # unattended. Changing a live release (a later deploy, rollback, destroy) asks first.
     if info is not None:  # REVIEW_IN_PROGRESS: an empty stack left by a change set; it holds nothing
         cfn.delete(d.cf, info.stack_id)
         cfn.wait(d.cf, info.stack_id, d.events(info.stack_id), d.waiter, "delete of the empty stack")

@@ -55,12 +55,7 @@ class Deployment:
         self.cf = clients.cloudformation()
         self.waiter = cfn.Waiter(runtime.sleep, runtime.clock)
         self.stack_tags = tags.to_aws(
-            {
-                tags.MANAGED: tags.MANAGED_BY,
-                tags.APP: settings.app.name,
-                tags.ENV: settings.env,
-                tags.TARGET: settings.image.target,
-            }
+            tags.scope(settings.app.name, settings.env, {tags.TARGET: settings.image.target})
         )
         self.template_sent = False
         self.info: cfn.StackInfo | None = None

@@ -95,7 +95,7 @@ def plan(
     keep = settings.ami.keep if keep is None else keep
     regions = list(dict.fromkeys((settings.aws.region, *settings.ami.regions)))
     out = GcPlan(regions)
-    scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}
+    scope = T.scope(settings.app.name, settings.env)
     lock_dir = settings.work_dir / "uploads"
     for region in regions:
         _plan_region(clients.ec2(region), clients, region, scope, keep, grace, now(), lock_dir, out)
@@ -207,7 +207,7 @@ def _image_ids(value: str) -> Iterable[str]:
 @one_line_errors()
 def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[Removal, str]]:
     """Carry out ``gc_plan``: images first, then snapshots. Returns the removals that failed, with why."""
-    scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}
+    scope = T.scope(settings.app.name, settings.env)
     failures: list[tuple[Removal, str]] = []
     ordered = sorted(gc_plan.removals, key=lambda r: r.kind != "image")
     for removal in ordered:

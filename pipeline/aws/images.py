@@ -127,7 +127,7 @@ def ensure_tags(ec2: EC2Client, image: ImageRecord, want: Mapping[str, str]) -> 
     lacking = T.missing(want, image.tags)
     if not lacking:
         return image
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list(lacking))
+    ec2.create_tags(Resources=[image.image_id], Tags=T.to_aws(lacking))
     return with_tags(image, {**image.tags, **lacking})
 
 

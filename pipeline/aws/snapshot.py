@@ -167,7 +167,7 @@ class Uploader:
     def _start(self, p: UploadPlan, salt: str = "") -> str:
         kwargs: dict[str, Any] = {
             "VolumeSize": p.volume_gib,
-            "Tags": T.tag_list({**p.tags, T.UPLOAD: T.UPLOAD_INCOMPLETE, T.PARENT_SNAPSHOT: p.parent_id}),
+            "Tags": T.to_aws({**p.tags, T.UPLOAD: T.UPLOAD_INCOMPLETE, T.PARENT_SNAPSHOT: p.parent_id}),
             "Description": p.description,
             "ClientToken": p.client_token(salt),
             "Timeout": PENDING_TIMEOUT_MINUTES,
@@ -296,7 +296,7 @@ class Uploader:
         wait_completed(self.ec2, snapshot_id, sleep=self.sleep, clock=self.clock)
         self.ec2.create_tags(
             Resources=[snapshot_id],
-            Tags=T.tag_list({T.UPLOAD: T.UPLOAD_COMPLETE, T.SNAPSHOT_CHECKSUM: p.checksum()}),
+            Tags=T.to_aws({T.UPLOAD: T.UPLOAD_COMPLETE, T.SNAPSHOT_CHECKSUM: p.checksum()}),
         )
         log.info("snapshot %s completed", snapshot_id)
 

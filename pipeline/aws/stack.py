@@ -118,7 +118,7 @@ def blueprint(p: StackParams) -> Template:
     t = Template(
         Description=f"{p.app} ({p.env}): blue/green {p.target} unikernel instances behind one load balancer"
     )
-    common = {tags.MANAGED: tags.MANAGED_BY, tags.APP: p.app, tags.ENV: p.env, tags.TARGET: p.target}
+    common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
     color_params = {color: _color_parameters(t, color) for color in COLORS}
     vpc, subnets = _network(t, p, common)

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, tags
+from pipeline.aws import cfn, gc
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime
+from pipeline.aws.gc import GcPlan
 from pipeline.aws.health import HealthSource, Target
 from pipeline.aws.session import Clients
 from pipeline.aws.tags import COLORS, Color
@@ -146,22 +147,21 @@ def _health_summary(targets: tuple[Target, ...]) -> str:
 class Destroyed:
     stack: str
     deleted: bool
-    images: tuple[str, ...]  # AMIs of this app and env that gc could now remove
+    collectable: GcPlan | None  # what gc could remove now (None in a dry run: the stack is still there)
 
 
 @one_line_errors("destroy")
 def destroy(
     settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
 ) -> Destroyed:
-    """Delete the stack (after confirmation) and list the AMIs that no longer serve it. The AMIs
-    themselves are left for gc."""
+    """Delete the stack (after confirmation), then plan what gc could remove now that no stack uses
+    the images (``gc.plan``: reads only). The AMIs themselves are left for ``invoke gc``."""
     runtime = runtime or Runtime()
     d = Deployment(settings, clients, runtime)
     info = d.read()
-    images = _app_images(clients, settings, info)
     if info is None:
         ui.say(f"stack {d.name} does not exist: nothing to delete")
-        return Destroyed(d.name, False, images)
+        return Destroyed(d.name, False, gc.plan(clients, settings))
     if info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
         raise DeployError(
             f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
@@ -171,7 +171,7 @@ def destroy(
         f"stack {d.name} ({info.status}) and everything in it would be deleted: {info.outputs.get('Url', '')}"
     )
     if dry_run:
-        return Destroyed(d.name, False, images)
+        return Destroyed(d.name, False, None)
     if not runtime.confirm(f"delete stack {d.name} and all its instances?"):
         raise DeployError(
             "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
@@ -180,20 +180,4 @@ def destroy(
     cfn.delete(d.cf, info.stack_id)
     cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
     ui.done(f"stack {d.name} deleted")
-    return Destroyed(d.name, True, images)
-
-
-def _app_images(clients: Clients, settings: Settings, info: cfn.StackInfo | None) -> tuple[str, ...]:
-    """The app/env's AMIs (by the pipeline's tags) plus any the stack's parameters name."""
-    resp = clients.ec2().describe_images(
-        Owners=["self"],
-        Filters=[
-            {"Name": f"tag:{tags.MANAGED}", "Values": [tags.MANAGED_BY]},
-            {"Name": f"tag:{tags.APP}", "Values": [settings.app.name]},
-            {"Name": f"tag:{tags.ENV}", "Values": [settings.env]},
-        ],
-    )
-    found = {i["ImageId"] for i in resp["Images"]}
-    if info is not None:
-        found |= {v for k, v in info.parameters.items() if k.endswith("ImageId")}
-    return tuple(sorted(found))
+    return Destroyed(d.name, True, gc.plan(clients, settings))
