@@ -1,5 +1,5 @@
-"""Helpers for the deploy tests: in-process moto, a recorder of the AWS calls the pipeline sends, a fake
-clock, and the stand-ins for what moto does not model.
+"""Helpers for the deploy tests: in-process moto (so that the tests can reach into its models) and the
+stand-ins for what moto does not model. (Sessions, the call recorder and the fake clock: ``awstest.py``.)
 
 moto accepts nonsense and reports every target healthy, so the tests assert on the requests the
 pipeline sends (recorded here) and drive what moto cannot do through the doubles below, each of which
@@ -16,15 +16,12 @@ follows the behaviour of the real service it stands in for:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-import botocore.loaders
-import botocore.session
 import pytest
+from awstest import Recorder, new_session
 
 from pipeline.aws import tags
 from pipeline.aws.session import Clients
@@ -32,79 +29,9 @@ from pipeline.config import Settings
 
 REGION = "us-east-1"
 
-# boto3 service name -> IAM action prefix, where they differ
-IAM_PREFIX = {"elbv2": "elasticloadbalancing", "cloudwatch": "cloudwatch"}
-READ_PREFIXES = ("Describe", "List", "Get")
-
-
-@dataclass
-class Call:
-    service: str  # boto3 service name
-    operation: str  # API operation name, e.g. UpdateStack
-    params: dict[str, Any]
-
-    @property
-    def action(self) -> str:
-        """The IAM action, e.g. ``cloudformation:UpdateStack``."""
-        return f"{IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
-
-    @property
-    def mutating(self) -> bool:
-        return not self.operation.startswith(READ_PREFIXES)
-
-
-@dataclass
-class Recorder:
-    """Every API call made through clients of one boto3 session, with its parameters."""
-
-    calls: list[Call] = field(default_factory=list)
-
-    def attach(self, session: boto3.Session) -> None:
-        session.events.register("before-parameter-build", self._record)
-
-    def _record(self, params: Mapping[str, Any], model: Any, **_: Any) -> None:
-        self.calls.append(Call(model.service_model.service_name, model.name, copy.deepcopy(dict(params))))
-
-    def mark(self) -> int:
-        return len(self.calls)
-
-    def since(self, mark: int) -> list[Call]:
-        return self.calls[mark:]
-
-    def stack_parameter_sets(self, since: int = 0) -> list[dict[str, str]]:
-        """The parameters of every CreateStack/UpdateStack sent, in order."""
-        return [
-            {p["ParameterKey"]: p["ParameterValue"] for p in c.params["Parameters"]}
-            for c in self.calls[since:]
-            if c.operation in ("CreateStack", "UpdateStack")
-        ]
-
-    def last_parameters(self) -> dict[str, str]:
-        sets = self.stack_parameter_sets()
-        return sets[-1] if sets else {}
-
-
-class FakeClock:
-    """``sleep`` and ``clock`` for the pipeline: time passes only when it sleeps. ``on_sleep`` runs
-    after each sleep (tests use it to interrupt at a chosen moment)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-        self.on_sleep: Callable[[FakeClock], None] | None = None
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        if self.on_sleep is not None:
-            self.on_sleep(self)
-
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def aws_in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fake credentials and an in-process moto (with the local AWS's CloudFormation fixes) for the test."""
     from moto import mock_aws
 
@@ -125,20 +52,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-# Parsed service models are cached by the loader; EC2's takes about a second to parse, so every
-# session of the tests shares one loader (each session keeps its own credentials and event hooks).
-LOADER = botocore.loaders.create_loader()
-
-
-def session(**credentials: str) -> boto3.Session:
-    core = botocore.session.get_session()
-    core.register_component("data_loader", LOADER)
-    return boto3.Session(botocore_session=core, region_name=REGION, **credentials)
-
-
 def make_clients(recorder: Recorder | None = None, session_: boto3.Session | None = None) -> Clients:
     """Clients on the in-process moto (created after the mock started), recorded if asked."""
-    session_ = session_ or session()
+    session_ = session_ or new_session(REGION)
     if recorder is not None:
         recorder.attach(session_)
     return Clients(region=REGION, session=session_)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from localaws import LocalAws, Recorder
+from awstest import Recorder
+from localaws import LocalAws
 from synthetic import make_build
 
 from pipeline.aws import access, ami, delta, images, provenance

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from awstest import FakeClock, Recorder
 
 from pipeline import build, config, ui
 from pipeline.aws import deploy
@@ -23,10 +24,7 @@ from pipeline.aws.session import Clients
 from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
 from tests.deploy_support import (
-    FakeClock,
-    Recorder,
     TargetHealth,
-    aws,  # noqa: F401 - fixture
     fail_updates,
     make_clients,
     register_ami,
@@ -113,7 +111,7 @@ def colors(params: dict[str, str]) -> dict[str, tuple[str, str, str]]:
 
 
 @pytest.fixture
-def world(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:  # noqa: F811
+def world(aws_in_process: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     rec = Recorder()
     yield World(
         config.load(REPO, env="dev", overrides=OVERRIDES),
@@ -148,7 +146,7 @@ def only_stack_updates_mutate(calls: list) -> None:  # type: ignore[type-arg]
 
 
 def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
-    aws: None,  # noqa: F811
+    aws_in_process: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -502,6 +500,21 @@ def test_an_ami_missing_in_the_region_is_refused(live_v1: tuple[World, str, str]
     )
 
 
+def test_an_ami_still_pending_is_refused(live_v1: tuple[World, str, str]) -> None:
+    """An ``invoke ami`` that was stopped while EC2 was still making the AMI leaves it pending."""
+    from moto.ec2.models import ec2_backends
+
+    w, _v1, _v2 = live_v1
+    v3 = w.ami(B3)
+    ec2_backends["123456789012"][w.settings.aws.region].amis[v3].state = "pending"  # moto is never pending
+    assert_refused(
+        w,
+        B3,
+        f"AMI {v3} of build 3333333333cc in us-east-1 is pending, not available yet "
+        "(hint: run: invoke ami --env dev (it waits until the AMI is available), then deploy)",
+    )
+
+
 def test_an_instance_type_that_cannot_boot_the_image_is_refused(live_v1: tuple[World, str, str]) -> None:
     w, _v1, _v2 = live_v1
     pv = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv"])
@@ -617,7 +630,7 @@ def test_a_template_change_with_the_same_release_updates_only_the_stack(
 
 
 def test_plan_reports_build_ami_and_deploy_without_changing_anything(
-    aws: None,  # noqa: F811
+    aws_in_process: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import boto3
 import pytest
+from awstest import FakeClock
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
 from pipeline.aws import calls, cfn
 from pipeline.errors import AwsError, DeployError
-from tests.deploy_support import FakeClock
 
 STACK = "erlang-web-dev"
 STACK_ID = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{STACK}/6a1b2c3d-0000-4000-8000-000000000001"

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from awstest import FakeClock, Recorder, new_session
 
 from pipeline import config
 from pipeline.aws import deploy, iam, stack
@@ -21,13 +22,9 @@ from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from tests.deploy_support import (
     REGION,
-    FakeClock,
-    Recorder,
     TargetHealth,
-    aws,  # noqa: F401 - fixture
     make_clients,
     register_ami,
-    session,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -234,15 +231,17 @@ def for_moto(doc: dict[str, Any]) -> dict[str, Any]:
 
 def iam_user(policy: dict[str, Any]) -> boto3.Session:
     """An IAM user with ``policy`` and a session with its keys (made while moto does not enforce)."""
-    client = session().client("iam")
+    client = new_session(REGION).client("iam")
     client.create_user(UserName="pipeline")
     client.put_user_policy(UserName="pipeline", PolicyName="pipeline", PolicyDocument=json.dumps(policy))
     key = client.create_access_key(UserName="pipeline")["AccessKey"]
-    return session(aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
+    return new_session(
+        REGION, aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"]
+    )
 
 
 @pytest.fixture
-def cycle(aws: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:  # noqa: F811
+def cycle(aws_in_process: None, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """AMIs for two builds, registered with the test's own (unrestricted) credentials."""
     s = settings()
     TargetHealth(monkeypatch)

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from awstest import Recorder
 from botocore.exceptions import ClientError
-from localaws import LocalAws, Recorder, free_port, write_project
+from localaws import LocalAws, free_port, write_project
 
 from pipeline import config
 from pipeline.aws import pv
