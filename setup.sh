@@ -33,6 +33,12 @@ if [ -n "$missing" ]; then
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# The beam image's kernel and busybox are fetched with apt-get download (never installed): that
+# needs the package lists, which a fresh machine or a slimmed container may not have yet.
+if ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  apt-get update -qq
+fi
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -210,6 +210,74 @@ def _whole(flag: str, value: str | None) -> int | None:
     return number
 
 
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "disk": "boot the exact hvm-uefi disk image through UEFI firmware (OVMF) instead of the kernel",
+        "scratch": "scratch disk file to attach and keep (made if missing); default: a new one, removed",
+        "port": "host port forwarded to the app (default: a free one)",
+        "check": "smoke-test the image, shut it down and exit 0 if it passed, 1 if not",
+    },
+)
+def run(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    disk: bool = False,
+    scratch: str | None = None,
+    port: int | None = None,
+    check: bool = False,
+) -> None:
+    """Boot the built image in QEMU and wait for it to answer; Ctrl-C shuts it down."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from pipeline.local import boot
+
+    def ready(r: boot.RunResult) -> None:
+        ui.done(f"{r.mode} boot of {r.build_id}: {r.url} answered /health after {r.boot_seconds:.1f}s")
+        ui.say(f"  console log: {r.console_log}")
+        if not check:
+            ui.say("  Ctrl-C shuts the VM down")
+            ui.result(r.url)
+
+    def until_interrupted(vm: Any) -> None:
+        stop = threading.Event()
+        while vm.running() and not stop.wait(0.5):
+            pass
+        if not vm.running():
+            raise Exit(f"error: the VM stopped by itself; see {vm.spec.console_log}", code=1)
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a kill (SIGTERM) shuts the VM down like Ctrl-C
+
+    signal.signal(signal.SIGTERM, terminated)
+    with failures():
+        s = load(env, set_)
+        try:
+            result = boot.boot(
+                s,
+                disk=disk,
+                scratch=Path(scratch) if scratch else None,
+                port=port,
+                check=check,
+                on_ready=ready,
+                wait=until_interrupted,
+            )
+        except KeyboardInterrupt:
+            ui.done("VM shut down")
+            return
+        if check:
+            for item in result.checks:
+                mark = "[green]ok[/green]" if item.ok else "[red]FAILED[/red]"
+                ui.say(f"  {mark} {item.name}: {item.detail}")
+            if not result.passed:
+                raise Exit("error: smoke test failed", code=1)
+            ui.done("smoke test passed; VM shut down")
+
+
 @task(iterable=["set_"], help=COMMON_HELP)
 def settings(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
     """Print the effective settings of an environment (after overlays and --set)."""
@@ -404,5 +472,7 @@ def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None
         ui.result(iam.policy_json(load(env, set_), account))
 
 
-ns = Collection(build, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test)
+ns = Collection(
+    build, run, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test
+)
 ns.add_collection(local)

@@ -1,0 +1,169 @@
+"""Benchmark of the beam image: sizes and boot-to-first-HTTP-200 under QEMU.
+
+    .venv/bin/python bench/image.py [--env dev] [--runs 5] [--no-boot]
+
+Prints, for the current build of the environment (built first if needed):
+- sizes: kernel, initramfs (compressed and unpacked) and each disk (bytes and non-zero 512 KiB
+  blocks); the trimmed Erlang runtime against the full installation it is cut from; the initramfs
+  with each compression the kernel accepts;
+- boot time from QEMU start to the first ``GET /health`` 200, median of ``--runs`` boots: the image
+  as built (direct kernel boot and the hvm-uefi disk through OVMF) against an unoptimised boot of the
+  same image measured in the same run (gzip -1 initramfs as in the feasibility run, no kernel
+  parameters but the console, the NIC's iPXE ROM loaded), so that load from other processes affects
+  both sides alike. The feasibility run's figures are printed for reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/http.py would shadow the standard library's http package (which QEMU health checks use).
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline import build, config, erlang  # noqa: E402
+from pipeline.images import initramfs, runtime  # noqa: E402
+from pipeline.local import boot  # noqa: E402
+from pipeline.local.qemu import Vm, VmSpec, make_scratch  # noqa: E402
+
+# The unoptimised feasibility run (Debian cloud kernel, host erts with kernel/stdlib/mnesia, gzip -1).
+FEASIBILITY = {"initramfs_unpacked": 21_000_000, "initramfs_gzip": 13_000_000, "boot_seconds": 9.6}
+TARGETS = {"initramfs_compressed": 8_000_000, "direct_boot_seconds": 5.0}
+MB = 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--env", default=None)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--no-boot", action="store_true", help="sizes only")
+    args = ap.parse_args()
+    settings = config.load(ROOT, env=args.env)
+    result = build.build(settings)
+    image = result.manifest["image"]
+    d = result.directory
+    print(f"build {result.build_id} (env {settings.env}), kernel {image['kernel']['release']}")
+
+    # -- sizes ------------------------------------------------------------------------------------------
+    ird = image["initramfs"]
+    raw = _unpack(d / ird["file"], ird["compression"])
+    tc = erlang.host_toolchain()
+    full = runtime.untrimmed_size(tc)
+    print("\nsizes")
+    print(f"  kernel                 {image['kernel']['size'] / MB:7.2f} MB")
+    print(
+        f"  initramfs              {ird['size'] / MB:7.2f} MB {ird['compression']}, "
+        f"{ird['unpacked_size'] / MB:.2f} MB unpacked   (feasibility run: "
+        f"{FEASIBILITY['initramfs_gzip'] / MB:.0f} MB gzip, {FEASIBILITY['initramfs_unpacked'] / MB:.0f} MB "
+        f"unpacked; target < {TARGETS['initramfs_compressed'] / MB:.0f} MB)"
+    )
+    print(
+        f"  Erlang runtime         {image['runtime']['size'] / MB:7.2f} MB trimmed "
+        f"({', '.join(sorted(image['runtime']['applications']))}) vs {full / MB:.1f} MB for the full "
+        f"installation in {tc.root} ({100 * image['runtime']['size'] / full:.0f}%)"
+    )
+    for disk in image["disks"]:
+        blocks = disk["nonzero_blocks"]
+        print(
+            f"  disk {disk['name']:<17} {disk['size'] / MB:7.0f} MB, {blocks} non-zero blocks "
+            f"({blocks * 512 / 1024:.1f} MiB to upload)"
+        )
+    print("  initramfs by compression (same archive):")
+    variants: dict[str, Path] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-image-"))
+    for method in ("gzip", "xz", "zstd"):
+        started = time.monotonic()
+        data = initramfs.compress(raw, method)
+        took = time.monotonic() - started
+        variants[method] = tmp / f"initrd.{method}"
+        variants[method].write_bytes(data)
+        print(f"    {method:<5} {len(data) / MB:6.2f} MB, compressed in {took:5.1f}s")
+    baseline_initrd = tmp / "initrd.gzip1"
+    baseline_initrd.write_bytes(
+        subprocess.run(["gzip", "-1"], input=raw, capture_output=True, check=True).stdout
+    )
+
+    if args.no_boot:
+        return 0
+
+    # -- boot times -------------------------------------------------------------------------------------
+    print(
+        f"\nboot to first HTTP 200, median of {args.runs} (QEMU TCG; other load on this machine adds noise)"
+    )
+    direct = boot.spec_for(
+        settings,
+        result.manifest,
+        d,
+        disk=False,
+        scratch=None,
+        port=0,
+        name="bench",
+        console_log=tmp / "c.log",
+    )
+    uefi = boot.spec_for(
+        settings, result.manifest, d, disk=True, scratch=None, port=0, name="bench", console_log=tmp / "c.log"
+    )
+    cases = {
+        "direct, unoptimised": replace(
+            direct, initrd=baseline_initrd, cmdline="console=ttyS0", nic_option_rom=True
+        ),
+        "direct, as built": direct,
+        "hvm-uefi disk (OVMF)": uefi,
+    }
+    for method in ("gzip", "xz"):
+        if method != ird["compression"]:
+            cases[f"direct, {method} initramfs"] = replace(direct, initrd=variants[method])
+    times: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cases}
+    for _ in range(args.runs):
+        for name, spec in cases.items():  # interleaved, so load changes hit every case alike
+            times[name].append(_boot_once(spec, settings.app.port, tmp))
+    for name, samples in times.items():
+        total = statistics.median(s[0] for s in samples)
+        kinit = statistics.median(s[1] for s in samples)
+        erl = statistics.median(s[2] for s in samples)
+        runs = ", ".join(f"{s[0]:.1f}" for s in samples)
+        print(
+            f"  {name:<24} {total:6.1f}s   (guest clock: /init at {kinit:.1f}s, "
+            f"Erlang VM started at {erl:.1f}s; all runs {runs})"
+        )
+    print(
+        f"  feasibility run (unoptimised, reference): {FEASIBILITY['boot_seconds']}s; "
+        f"target for direct boot: < {TARGETS['direct_boot_seconds']}s"
+    )
+    return 0
+
+
+def _boot_once(spec: VmSpec, port: int, tmp: Path) -> tuple[float, float, float]:
+    scratch = tmp / "scratch.img"
+    scratch.unlink(missing_ok=True)
+    make_scratch(scratch, 1)
+    spec = replace(spec, scratch=scratch)
+    with Vm(spec) as vm:
+        total = vm.wait_healthy(port, timeout=600)
+    text = spec.console_log.read_text(errors="replace")
+    return total, _stamp(text, r"init: build"), _stamp(text, r"init: starting the Erlang VM")
+
+
+def _stamp(text: str, pattern: str) -> float:
+    m = re.search(r"\[\s*([\d.]+)\] " + pattern, text)
+    return float(m.group(1)) if m else float("nan")
+
+
+def _unpack(path: Path, method: str) -> bytes:
+    tool = {"gzip": ["gzip", "-dc"], "xz": ["xz", "-dc"], "zstd": ["zstd", "-dcq"], "none": ["cat"]}[method]
+    return subprocess.run([*tool, str(path)], capture_output=True, check=True).stdout
+
+
+if __name__ == "__main__":
+    sys.exit(main())
