@@ -11,21 +11,28 @@ follows the behaviour of the real service it stands in for:
 - :func:`fail_updates` makes a stack update fail the way CloudFormation reports it: a resource event
   ``UPDATE_FAILED`` with a reason, then ``UPDATE_ROLLBACK_IN_PROGRESS`` and ``UPDATE_ROLLBACK_COMPLETE``
   with the previous parameters kept (moto applies every update and has no rollback);
-- :func:`register_ami` stands in for the ``ami`` stage: an AMI carrying the pipeline's tags.
+- :func:`register_ami` stands in for the ``ami`` stage where a test is about the rollout, not the image:
+  an AMI carrying the pipeline's tags. (The full cycle runs the real ``ami`` stage on
+  :func:`two_releases`, two real beam builds.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from awstest import Recorder, new_session
 
+from pipeline import build, config
 from pipeline.aws import tags
 from pipeline.aws.session import Clients
+from pipeline.build import BuildResult
 from pipeline.config import Settings
+from tests.project import copy_project
 
 REGION = "us-east-1"
 
@@ -76,14 +83,15 @@ def register_ami(clients: Clients, settings: Settings, build_id: str, virtualiza
     ec2.create_tags(
         Resources=[image_id],
         Tags=tags.to_aws(
-            {
-                tags.MANAGED: tags.MANAGED_BY,
-                tags.APP: settings.app.name,
-                tags.ENV: settings.env,
-                tags.TARGET: settings.image.target,
-                tags.BUILD_ID: build_id,
-                tags.VIRTUALIZATION: virtualization,
-            }
+            tags.scope(
+                settings.app.name,
+                settings.env,
+                {
+                    tags.TARGET: settings.image.target,
+                    tags.BUILD_ID: build_id,
+                    tags.VIRTUALIZATION: virtualization,
+                },
+            )
         ),
     )
     return image_id
@@ -203,3 +211,28 @@ def set_stack_status(name: str, status: str) -> None:
             stack.status = status
             return
     raise KeyError(name)
+
+
+V2 = 'app.greeting="Hello, v2"'  # a configuration change: a new build, a new AMI, a new release
+
+
+@dataclass(frozen=True)
+class TwoReleases:
+    """A copy of the project with two finished beam builds: v1, and v2 with another greeting."""
+
+    project: Path
+    v1: BuildResult
+    v2: BuildResult
+
+    def settings(self, release: str, *overrides: str) -> Settings:
+        change = [V2] if release == "v2" else []
+        return config.load(self.project, env="dev", overrides=[*overrides, *change])
+
+
+@pytest.fixture(scope="session")
+def two_releases(tmp_path_factory: pytest.TempPathFactory) -> TwoReleases:
+    """Built once per test session (a beam build takes seconds: kernel, initramfs, two disks)."""
+    project = copy_project(tmp_path_factory.mktemp("releases") / "proj")
+    v1 = build.build(config.load(project, env="dev"))
+    v2 = build.build(config.load(project, env="dev", overrides=[V2]))
+    return TwoReleases(project, v1, v2)

@@ -37,15 +37,18 @@ def error_text(err: ClientError) -> str:
     return f"{e.get('Code', '?')}: {message}"
 
 
-def describe(err: ClientError | BotoCoreError, doing: str = "") -> AwsError:
-    """The one-line error for a failed AWS call; ``doing`` (what the pipeline was at) is its prefix."""
+def describe(err: ClientError | BotoCoreError, doing: str = "", hint: str | None = None) -> AwsError:
+    """The one-line error for a failed AWS call; ``doing`` (what the pipeline was at) is its prefix,
+    ``hint`` the next step when the error is not one with a hint of its own (a missing permission)."""
     prefix = f"{doing}: " if doing else ""
     if isinstance(err, ClientError):
         code = error_code(err) or "?"
         message = error_text(err).split(": ", 1)[-1]
         if code in ACCESS_DENIED or "not authorized" in message.lower():
             return AwsError(f"{prefix}AWS denied {err.operation_name} ({code}): {message}", hint=POLICY_HINT)
-        return AwsError(f"{prefix}AWS {err.operation_name} failed ({code}): {message}", hint=HINTS.get(code))
+        return AwsError(
+            f"{prefix}AWS {err.operation_name} failed ({code}): {message}", hint=HINTS.get(code, hint)
+        )
     if isinstance(err, NoCredentialsError):
         return AwsError(
             f"{prefix}AWS: no credentials found",

@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 from pipeline.aws import tags as T
 from pipeline.aws.calls import error_code, error_text, one_line_errors
 from pipeline.aws.delta import describe_snapshots
-from pipeline.aws.images import ImageRecord
+from pipeline.aws.images import ImageRecord, describe_images
 from pipeline.aws.session import Clients
 from pipeline.aws.snapshot import upload_running
 from pipeline.config import Settings
@@ -113,7 +113,7 @@ def _plan_region(
     lock_dir: Path,
     out: GcPlan,
 ) -> None:
-    images = _our_images(ec2, region, scope)
+    images = describe_images(ec2, region, scope, usable=False)
     used = references(clients, region)
     groups: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
     for image in images:
@@ -165,12 +165,6 @@ def _plan_region(
                 continue
             reason = "used by no image"
         out.removals.append(Removal(region, "snapshot", sid, build, created, reason))
-
-
-def _our_images(ec2: EC2Client, region: str, scope: Mapping[str, str]) -> list[ImageRecord]:
-    resp = ec2.describe_images(Owners=["self"], Filters=T.filters(scope))
-    records = [ImageRecord.from_aws(region, i) for i in resp.get("Images", [])]
-    return [r for r in records if T.managed(r.tags) and r.state not in ("deregistered", "disabled")]
 
 
 def references(clients: Clients, region: str) -> dict[str, str]:

@@ -40,7 +40,7 @@ from rich.text import Text
 
 from pipeline import ui
 from pipeline.aws import tags as T
-from pipeline.aws.calls import error_code, error_text
+from pipeline.aws.calls import describe, error_code
 from pipeline.aws.delta import UploadPlan, block_checksum, describe_snapshots
 from pipeline.aws.wait import poll
 from pipeline.blocks import BLOCK_SIZE
@@ -128,8 +128,9 @@ class Uploader:
             except PipelineError:
                 raise
             except ClientError as err:
-                raise AwsError(
-                    f"upload of {p.image.name} into {snapshot_id} failed: {error_text(err)}",
+                raise describe(
+                    err,
+                    f"upload of {p.image.name} into {snapshot_id}",
                     hint="run the same command again: it resumes the upload (invoke gc removes leftovers)",
                 ) from err
             self._complete(p, snapshot_id)
