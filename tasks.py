@@ -185,7 +185,8 @@ def gc(
             ui.warn(f"{removal.region} {removal.kind} {removal.resource_id}: {why}")
         if failed:
             raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
-        ui.done(f"gc: removed {len(p.removals)}")
+        if p.removals:
+            ui.done(f"gc: removed {len(p.removals)}")
         ui.result(p.record(applied=True))
 
 

@@ -8,7 +8,6 @@ answers a share of calls with throttling or 503 errors the way AWS does, before 
 
 from __future__ import annotations
 
-import socket
 import threading
 import urllib.request
 from collections import Counter
@@ -24,12 +23,7 @@ from botocore.awsrequest import AWSResponse
 from pipeline import config
 from pipeline.aws.session import Clients
 from pipeline.local import server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.erlnode import free_port
 
 
 def write_project(root: Path) -> None:
