@@ -55,6 +55,15 @@ def load(env: str | None, overrides: list[str] | None, **cli: Any) -> config.Set
     return config.load(env=env, overrides=pairs)
 
 
+def _clients(settings: config.Settings) -> Any:
+    """The AWS clients for ``settings``, after saying which AWS they act on (every AWS task's first line)."""
+    from pipeline.aws import session
+
+    clients = session.clients(settings)
+    ui.say(f"AWS: {clients.describe()}")
+    return clients
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -120,13 +129,10 @@ def ami(c: Context, env: str | None = None, set_: list[str] | None = None, dry_r
     """Upload the current build's disk as an EBS snapshot and register it as an AMI. Safe to re-run."""
     from pipeline import build as builder
     from pipeline.aws import ami as images
-    from pipeline.aws import session
 
     with failures():
         s = load(env, set_)
-        clients = session.clients(s)
-        ui.say(f"AWS: {clients.describe()}")
-        result = images.publish(s, clients, builder.find(s), dry_run=dry_run)
+        result = images.publish(s, _clients(s), builder.find(s), dry_run=dry_run)
         _report_ami(result)
         ui.result(result.record())
 
@@ -163,21 +169,14 @@ def gc(
     from datetime import timedelta
 
     from pipeline.aws import gc as collector
-    from pipeline.aws import session
 
     with failures():
         s = load(env, set_, ami__keep=_whole("keep", keep))
         minutes = _whole("grace-minutes", grace_minutes)
-        clients = session.clients(s)
-        ui.say(f"AWS: {clients.describe()}")
+        clients = _clients(s)
         grace = collector.GRACE if minutes is None else timedelta(minutes=minutes)
         p = collector.plan(clients, s, grace=grace)
-        columns = ["region", "kind", "id", "build", "created", "why it goes"]
-        title = "gc: removing" if yes else "gc: would remove (dry run; --yes to remove)"
-        if p.removals:
-            ui.table(title, columns, p.rows())
-        else:
-            ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
+        _show_gc_plan(p, "gc: removing" if yes else "gc: would remove (dry run; --yes to remove)")
         if not yes:
             ui.result(p.record(applied=False))
             return
@@ -186,8 +185,17 @@ def gc(
             ui.warn(f"{removal.region} {removal.kind} {removal.resource_id}: {why}")
         if failed:
             raise PipelineError(f"gc: {len(failed)} of {len(p.removals)} removals failed (listed above)")
-        ui.done(f"gc: removed {len(p.removals)}")
+        if p.removals:
+            ui.done(f"gc: removed {len(p.removals)}")
         ui.result(p.record(applied=True))
+
+
+def _show_gc_plan(p: Any, title: str) -> None:
+    """The table of what gc removes (or would), with the reason for each; or that nothing goes."""
+    if p.removals:
+        ui.table(title, ["region", "kind", "id", "build", "created", "why it goes"], p.rows())
+    else:
+        ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
 
 
 def _whole(flag: str, value: str | None) -> int | None:
@@ -340,14 +348,6 @@ def _confirm(yes: bool) -> Callable[[str], bool]:
     return ask
 
 
-def _clients(settings: config.Settings) -> Any:
-    from pipeline.aws import session
-
-    clients = session.clients(settings)
-    ui.say(f"[dim]{clients.describe()}[/dim]")
-    return clients
-
-
 @task(
     iterable=["set_"],
     help={**DEPLOY_HELP, "build_id": "deploy this build's AMI (default: the build of the current inputs)"},
@@ -414,7 +414,7 @@ def rollback(
     """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
     from pipeline.aws import deploy as deployer
     from pipeline.aws import status as stack_status
-    from pipeline.aws.params import COLORS
+    from pipeline.aws.tags import COLORS
 
     with failures():
         color = next((c for c in COLORS if c == to), None)
@@ -434,17 +434,18 @@ def destroy(
     yes: bool = False,
     dry_run: bool = False,
 ) -> None:
-    """Delete the environment's stack (after confirmation); list the AMIs gc could then remove."""
+    """Delete the environment's stack (after confirmation); show what gc could then remove."""
     from pipeline.aws import status as stack_status
     from pipeline.aws.deployment import Runtime
 
     with failures():
         s = load(env, set_)
         gone = stack_status.destroy(s, _clients(s), Runtime(confirm=_confirm(yes)), dry_run)
-        if gone.images:
-            ui.say(f"AMIs of {s.app.name}/{s.env} that gc could remove now: {', '.join(gone.images)}")
-        for image in gone.images:
-            ui.result(image)
+        if gone.collectable is None:
+            ui.say("after the delete, invoke gc shows which AMIs and snapshots can go")
+            return
+        _show_gc_plan(gone.collectable, "gc could now remove (invoke gc --yes removes them)")
+        ui.result(gone.collectable.record(applied=False))
 
 
 @task

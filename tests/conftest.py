@@ -9,6 +9,7 @@ import pytest
 from localaws import aws, local_aws_server  # noqa: F401 - fixtures of the local AWS (tests/localaws.py)
 
 from pipeline.erlang import CompiledApp
+from tests.deploy_support import aws_in_process, two_releases  # noqa: F401 - fixtures
 from tests.erlnode import ErlangWebNode, compile_erlang_web
 
 

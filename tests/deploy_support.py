@@ -1,5 +1,5 @@
-"""Helpers for the deploy tests: in-process moto, a recorder of the AWS calls the pipeline sends, a fake
-clock, and the stand-ins for what moto does not model.
+"""Helpers for the deploy tests: in-process moto (so that the tests can reach into its models) and the
+stand-ins for what moto does not model. (Sessions, the call recorder and the fake clock: ``awstest.py``.)
 
 moto accepts nonsense and reports every target healthy, so the tests assert on the requests the
 pipeline sends (recorded here) and drive what moto cannot do through the doubles below, each of which
@@ -11,100 +11,34 @@ follows the behaviour of the real service it stands in for:
 - :func:`fail_updates` makes a stack update fail the way CloudFormation reports it: a resource event
   ``UPDATE_FAILED`` with a reason, then ``UPDATE_ROLLBACK_IN_PROGRESS`` and ``UPDATE_ROLLBACK_COMPLETE``
   with the previous parameters kept (moto applies every update and has no rollback);
-- :func:`register_ami` stands in for the ``ami`` stage: an AMI carrying the pipeline's tags.
+- :func:`register_ami` stands in for the ``ami`` stage where a test is about the rollout, not the image:
+  an AMI carrying the pipeline's tags. (The full cycle runs the real ``ami`` stage on
+  :func:`two_releases`, two real beam builds.)
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.loaders
-import botocore.session
 import pytest
+from awstest import Recorder, new_session
 
+from pipeline import build, config
 from pipeline.aws import tags
 from pipeline.aws.session import Clients
+from pipeline.build import BuildResult
 from pipeline.config import Settings
+from tests.project import copy_project
 
 REGION = "us-east-1"
 
-# boto3 service name -> IAM action prefix, where they differ
-IAM_PREFIX = {"elbv2": "elasticloadbalancing", "cloudwatch": "cloudwatch"}
-READ_PREFIXES = ("Describe", "List", "Get")
-
-
-@dataclass
-class Call:
-    service: str  # boto3 service name
-    operation: str  # API operation name, e.g. UpdateStack
-    params: dict[str, Any]
-
-    @property
-    def action(self) -> str:
-        """The IAM action, e.g. ``cloudformation:UpdateStack``."""
-        return f"{IAM_PREFIX.get(self.service, self.service)}:{self.operation}"
-
-    @property
-    def mutating(self) -> bool:
-        return not self.operation.startswith(READ_PREFIXES)
-
-
-@dataclass
-class Recorder:
-    """Every API call made through clients of one boto3 session, with its parameters."""
-
-    calls: list[Call] = field(default_factory=list)
-
-    def attach(self, session: boto3.Session) -> None:
-        session.events.register("before-parameter-build", self._record)
-
-    def _record(self, params: Mapping[str, Any], model: Any, **_: Any) -> None:
-        self.calls.append(Call(model.service_model.service_name, model.name, copy.deepcopy(dict(params))))
-
-    def mark(self) -> int:
-        return len(self.calls)
-
-    def since(self, mark: int) -> list[Call]:
-        return self.calls[mark:]
-
-    def stack_parameter_sets(self, since: int = 0) -> list[dict[str, str]]:
-        """The parameters of every CreateStack/UpdateStack sent, in order."""
-        return [
-            {p["ParameterKey"]: p["ParameterValue"] for p in c.params["Parameters"]}
-            for c in self.calls[since:]
-            if c.operation in ("CreateStack", "UpdateStack")
-        ]
-
-    def last_parameters(self) -> dict[str, str]:
-        sets = self.stack_parameter_sets()
-        return sets[-1] if sets else {}
-
-
-class FakeClock:
-    """``sleep`` and ``clock`` for the pipeline: time passes only when it sleeps. ``on_sleep`` runs
-    after each sleep (tests use it to interrupt at a chosen moment)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-        self.on_sleep: Callable[[FakeClock], None] | None = None
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        if self.on_sleep is not None:
-            self.on_sleep(self)
-
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def aws_in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Fake credentials and an in-process moto (with the local AWS's CloudFormation fixes) for the test."""
     from moto import mock_aws
 
@@ -125,20 +59,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-# Parsed service models are cached by the loader; EC2's takes about a second to parse, so every
-# session of the tests shares one loader (each session keeps its own credentials and event hooks).
-LOADER = botocore.loaders.create_loader()
-
-
-def session(**credentials: str) -> boto3.Session:
-    core = botocore.session.get_session()
-    core.register_component("data_loader", LOADER)
-    return boto3.Session(botocore_session=core, region_name=REGION, **credentials)
-
-
 def make_clients(recorder: Recorder | None = None, session_: boto3.Session | None = None) -> Clients:
     """Clients on the in-process moto (created after the mock started), recorded if asked."""
-    session_ = session_ or session()
+    session_ = session_ or new_session(REGION)
     if recorder is not None:
         recorder.attach(session_)
     return Clients(region=REGION, session=session_)
@@ -160,14 +83,15 @@ def register_ami(clients: Clients, settings: Settings, build_id: str, virtualiza
     ec2.create_tags(
         Resources=[image_id],
         Tags=tags.to_aws(
-            {
-                tags.MANAGED: tags.MANAGED_BY,
-                tags.APP: settings.app.name,
-                tags.ENV: settings.env,
-                tags.TARGET: settings.image.target,
-                tags.BUILD_ID: build_id,
-                tags.VIRTUALIZATION: virtualization,
-            }
+            tags.scope(
+                settings.app.name,
+                settings.env,
+                {
+                    tags.TARGET: settings.image.target,
+                    tags.BUILD_ID: build_id,
+                    tags.VIRTUALIZATION: virtualization,
+                },
+            )
         ),
     )
     return image_id
@@ -287,3 +211,28 @@ def set_stack_status(name: str, status: str) -> None:
             stack.status = status
             return
     raise KeyError(name)
+
+
+V2 = 'app.greeting="Hello, v2"'  # a configuration change: a new build, a new AMI, a new release
+
+
+@dataclass(frozen=True)
+class TwoReleases:
+    """A copy of the project with two finished beam builds: v1, and v2 with another greeting."""
+
+    project: Path
+    v1: BuildResult
+    v2: BuildResult
+
+    def settings(self, release: str, *overrides: str) -> Settings:
+        change = [V2] if release == "v2" else []
+        return config.load(self.project, env="dev", overrides=[*overrides, *change])
+
+
+@pytest.fixture(scope="session")
+def two_releases(tmp_path_factory: pytest.TempPathFactory) -> TwoReleases:
+    """Built once per test session (a beam build takes seconds: kernel, initramfs, two disks)."""
+    project = copy_project(tmp_path_factory.mktemp("releases") / "proj")
+    v1 = build.build(config.load(project, env="dev"))
+    v2 = build.build(config.load(project, env="dev", overrides=[V2]))
+    return TwoReleases(project, v1, v2)

@@ -1,15 +1,13 @@
 """The pipeline's own local AWS (moto behind ``pipeline.local.moto_app``) on a free port, for tests.
 
 One server per test session (started the way the pipeline starts it), reset before each test that
-asks for the ``aws`` fixture. Also: a recorder of the calls the pipeline makes (botocore's
-``before-parameter-build`` event, once per API call whatever the retries) and a fault injector
-(``before-send``, once per HTTP attempt) that answers a share of calls with throttling or 503 errors
-the way AWS does, before they reach the server.
+asks for the ``aws`` fixture. Also a fault injector (``before-send``, once per HTTP attempt) that
+answers a share of calls with throttling or 503 errors the way AWS does, before they reach the server.
+(The recorder of calls and the sessions are in ``awstest.py``.)
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import urllib.request
 from collections import Counter
@@ -18,59 +16,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
-import botocore.loaders
-import botocore.session
 import pytest
+from awstest import Recorder, new_session
 from botocore.awsrequest import AWSResponse
 
 from pipeline import config
 from pipeline.aws.session import Clients
 from pipeline.local import server
-
-READS = ("Describe", "List", "Get")
-# One loader for every session the tests make: it caches the parsed service models (EC2's takes about
-# a second to load), while each session keeps its own event hooks.
-_LOADER = botocore.loaders.create_loader()
-
-
-def new_session() -> boto3.Session:
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _LOADER)
-    return boto3.Session(botocore_session=core)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.erlnode import free_port
 
 
 def write_project(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "pipeline.toml").write_text('default_env = "dev"\n[env.dev]\n[env.prod]\n')
-
-
-@dataclass
-class Recorder:
-    """Every API call the clients make: (service, operation, parameters)."""
-
-    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __call__(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        with self.lock:
-            self.calls.append((model.service_model.service_name, model.name, dict(params)))
-
-    def named(self, operation: str) -> list[dict[str, Any]]:
-        return [p for _, op, p in self.calls if op == operation]
-
-    def mutating(self) -> list[tuple[str, str]]:
-        return [(svc, op) for svc, op, _ in self.calls if not op.startswith(READS)]
-
-    def clear(self) -> None:
-        with self.lock:
-            self.calls.clear()
 
 
 class _Raw:
@@ -147,7 +105,7 @@ class LocalAws:
     ) -> Clients:
         session = new_session()
         if recorder is not None:
-            session.events.register("before-parameter-build", recorder)
+            recorder.attach(session)
         if faults is not None:
             session.events.register("before-send", faults)
         for event, handler in hooks:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from localaws import LocalAws, Recorder
+from awstest import Recorder
+from localaws import LocalAws
 from synthetic import make_build
 
 from pipeline.aws import access, ami, delta, images, provenance
@@ -102,9 +103,9 @@ def test_pv_for_a_nitro_instance_type_is_refused_before_any_upload(aws: LocalAws
     with pytest.raises(ConfigError) as err:
         publish(aws, build, "deploy.virtualization=pv", 'deploy.instance_type="t3.micro"', rec=rec)
     assert str(err.value).startswith(
-        'pipeline.toml: deploy.instance_type: a paravirtual (PV) image cannot run on "t3.micro"'
+        'pipeline.toml: deploy.instance_type: "t3.micro" cannot boot paravirtual (PV) images'
     )
-    assert "c1, c3, m1, m2, m3, t1" in str(err.value) and "\n" not in str(err.value)
+    assert "C1, C3, M1, M2, M3 and T1 families" in str(err.value) and "\n" not in str(err.value)
     assert rec.mutating() == []
 
 
@@ -364,6 +365,6 @@ def test_an_aws_error_is_one_line_naming_the_call_and_code(aws: LocalAws) -> Non
         with pytest.raises(AwsError) as err:
             ami.find_image(clients, aws.settings(), "0" * 16, "hvm", "us-east-1")
     assert str(err.value) == (
-        "AWS DescribeImages failed: UnauthorizedOperation: You are not authorized. "
-        "(hint: the credentials lack a permission; see the IAM policy of the pipeline)"
+        "AWS denied DescribeImages (UnauthorizedOperation): You are not authorized. "
+        "(hint: invoke iam-policy prints the policy the pipeline needs; attach it to these credentials)"
     )

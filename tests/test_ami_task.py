@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from awstest import Recorder
 from invoke.context import MockContext
 from invoke.exceptions import Exit
-from localaws import LocalAws, Recorder
+from localaws import LocalAws
 from synthetic import make_build
 
 import tasks

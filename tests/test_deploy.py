@@ -14,19 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from awstest import FakeClock, Recorder
 
 from pipeline import build, config, ui
-from pipeline.aws import deploy
+from pipeline.aws import ami, deploy, gc, provenance
 from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
 from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
 from tests.deploy_support import (
-    FakeClock,
-    Recorder,
+    REGION,
     TargetHealth,
-    aws,  # noqa: F401 - fixture
+    TwoReleases,
     fail_updates,
     make_clients,
     register_ami,
@@ -44,6 +44,7 @@ OVERRIDES = [
     f"deploy.health_timeout_seconds={TIMEOUT}",
 ]
 B1, B2, B3 = "1111111111aa", "2222222222bb", "3333333333cc"
+GIT = provenance.GitState("unknown", "unknown")
 
 
 @dataclass
@@ -113,7 +114,7 @@ def colors(params: dict[str, str]) -> dict[str, tuple[str, str, str]]:
 
 
 @pytest.fixture
-def world(aws: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:  # noqa: F811
+def world(aws_in_process: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     rec = Recorder()
     yield World(
         config.load(REPO, env="dev", overrides=OVERRIDES),
@@ -147,27 +148,42 @@ def only_stack_updates_mutate(calls: list) -> None:  # type: ignore[type-arg]
 # -- the full cycle --------------------------------------------------------------------------------
 
 
-def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
-    aws: None,  # noqa: F811
-    tmp_path: Path,
+@pytest.mark.slow  # two real beam builds (once per session), uploaded and registered
+def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
+    aws_in_process: None,
+    two_releases: TwoReleases,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    project = copy_project(tmp_path / "proj")
-    s1 = config.load(project, env="dev", overrides=OVERRIDES)
+    s1 = two_releases.settings("v1", *OVERRIDES, "ami.keep=1")
+    s2 = two_releases.settings("v2", *OVERRIDES, "ami.keep=1")
     rec, clock = Recorder(), FakeClock()
     clients = make_clients(rec)
     health = TargetHealth(monkeypatch)
     w = World(s1, clients, rec, clock, health)
 
-    # build -> ami (the ami stage's stand-in registers the build's AMI with the pipeline's tags)
-    b1 = build.build(s1)
-    ami1 = register_ami(clients, s1, b1.build_id)
+    def publish(s: Settings) -> ami.Publication:
+        """The ami stage, as ``invoke ami`` runs it, on the build of ``s``'s inputs."""
+        return ami.publish(
+            s, clients, build.build(s), progress=False, git=GIT, sleep=clock.sleep, clock=clock.clock
+        )
 
-    # deploy v1: the stack is created with v1 live on blue
+    # build -> ami: the build is found again (nothing changes), its disk uploaded and registered
+    b1 = build.build(s1)
+    assert b1.reused and b1.build_id == two_releases.v1.build_id
+    mark = rec.mark()
+    pub1 = publish(s1)
+    ami1 = pub1.images[REGION].image_id
+    assert pub1.snapshot is not None and pub1.snapshot.parent_id == "none"
+    assert ("ebs", "PutSnapshotBlock") in {(c.service, c.operation) for c in rec.since(mark)}
+    (registered,) = [c.params for c in rec.since(mark) if c.operation == "RegisterImage"]
+    assert (registered["BootMode"], registered["VirtualizationType"]) == ("uefi", "hvm")
+
+    # deploy v1: the stack is created with v1 live on blue, without a question (no release to replace)
     mark = rec.mark()
     out = deploy.deploy(s1, clients, w.runtime())
     assert (out.action, out.live, out.build_id, out.image_id) == ("created", "blue", b1.build_id, ami1)
+    assert w.questions == []
     assert [colors(p) for p in rec.stack_parameter_sets(mark)] == [
         {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")}
     ]
@@ -175,11 +191,14 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert w.rule_weights() == {"blue": 100, "green": 0}
     assert out.url.startswith("http://") and out.url.endswith(".elb.amazonaws.com")
 
-    # a configuration change is a new build, a new AMI and a new release on green
-    s2 = config.load(project, env="dev", overrides=[*OVERRIDES, 'app.greeting="Hello, v2"'])
+    # a configuration change is a new build, a new AMI (a delta on v1's snapshot) and a release on green
     b2 = build.build(s2)
-    assert b2.build_id != b1.build_id
-    ami2 = register_ami(clients, s2, b2.build_id)
+    assert b2.build_id == two_releases.v2.build_id != b1.build_id
+    pub2 = publish(s2)
+    ami2 = pub2.images[REGION].image_id
+    assert pub2.snapshot is not None
+    assert pub2.snapshot.parent_id == pub1.snapshot.snapshot_id
+    assert 0 < pub2.snapshot.blocks_sent < pub1.snapshot.blocks_sent
     mark, started = rec.mark(), clock.now
     out = deploy.deploy(s2, clients, w.runtime())
     assert (out.action, out.live, out.build_id) == ("released", "green", b2.build_id)
@@ -205,8 +224,9 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert w.images_running("blue") == set()
     assert "plan: start 1 instance(s)" in capsys.readouterr().err
 
-    # deploying the live release again changes nothing at all
+    # ami and deploy again: nothing changes at all
     mark = rec.mark()
+    assert publish(s2).images[REGION].image_id == ami2
     again = deploy.deploy(s2, clients, w.runtime())
     assert again.action == "unchanged"
     assert [c.action for c in rec.since(mark) if c.mutating] == []
@@ -239,12 +259,28 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy(
     assert w.images_running("blue") == {ami1}
     assert w.rule_weights() == {"blue": 100, "green": 0}
 
-    # destroy: the stack goes, the AMIs are reported for gc
+    # while the stack uses both AMIs, gc keeps them (ami.keep=1 would keep only v2)
+    assert gc.plan(clients, s2).removals == []
+
+    # destroy: the stack goes; what gc could remove now is v1's image and snapshot (v2 is the newest)
     gone = stack_status.destroy(s2, clients, w.runtime())
-    assert gone.deleted
-    assert set(gone.images) == {ami1, ami2}
-    assert stack_status.status(s2, clients) is None
+    assert gone.deleted and gone.collectable is not None
     assert [q for q in w.questions if "delete stack" in q]
+    assert stack_status.status(s2, clients) is None
+    snapshot1 = pub1.snapshot.snapshot_id
+    assert {(r.kind, r.resource_id) for r in gone.collectable.removals} == {
+        ("image", ami1),
+        ("snapshot", snapshot1),
+    }
+
+    # gc: removes them; v2 and its snapshot stay
+    mark = rec.mark()
+    assert gc.apply(clients, s2, gone.collectable) == []
+    assert {(c.operation, c.params.get("ImageId") or c.params.get("SnapshotId")) for c in rec.since(mark)
+            if c.mutating} == {("DeregisterImage", ami1), ("DeleteSnapshot", snapshot1)}  # fmt: skip
+    assert ami.find_image(clients, s2, b1.build_id, "hvm", REGION) is None
+    assert ami.find_image(clients, s2, b2.build_id, "hvm", REGION) is not None
+    assert gc.plan(clients, s2).removals == []
 
 
 # -- failures roll back ----------------------------------------------------------------------------
@@ -502,11 +538,26 @@ def test_an_ami_missing_in_the_region_is_refused(live_v1: tuple[World, str, str]
     )
 
 
+def test_an_ami_still_pending_is_refused(live_v1: tuple[World, str, str]) -> None:
+    """An ``invoke ami`` that was stopped while EC2 was still making the AMI leaves it pending."""
+    from moto.ec2.models import ec2_backends
+
+    w, _v1, _v2 = live_v1
+    v3 = w.ami(B3)
+    ec2_backends["123456789012"][w.settings.aws.region].amis[v3].state = "pending"  # moto is never pending
+    assert_refused(
+        w,
+        B3,
+        f"AMI {v3} of build 3333333333cc in us-east-1 is pending, not available yet "
+        "(hint: run: invoke ami --env dev (it waits until the AMI is available), then deploy)",
+    )
+
+
 def test_an_instance_type_that_cannot_boot_the_image_is_refused(live_v1: tuple[World, str, str]) -> None:
     w, _v1, _v2 = live_v1
     pv = config.load(REPO, env="dev", overrides=[*OVERRIDES, "deploy.virtualization=pv"])
     w.ami(B2, "pv")
-    assert_refused(w, B2, 'deploy.instance_type: "t3.micro" cannot boot pv images', pv)
+    assert_refused(w, B2, 'deploy.instance_type: "t3.micro" cannot boot paravirtual (PV) images', pv)
 
 
 def test_a_pv_release_on_a_pv_instance_type_is_deployed(live_v1: tuple[World, str, str]) -> None:
@@ -617,7 +668,7 @@ def test_a_template_change_with_the_same_release_updates_only_the_stack(
 
 
 def test_plan_reports_build_ami_and_deploy_without_changing_anything(
-    aws: None,  # noqa: F811
+    aws_in_process: None,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -649,7 +700,7 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     b2 = build.plan(s2).build_id
     third = {p.stage: p for p in deploy.plan(s2, clients, runtime)}
     assert third["build"].action == "would build"
-    assert third["deploy"].detail == f"build {b2} to green once its AMI exists"
+    assert third["deploy"].detail == f"build {b2} to green once its AMI is available"
     build.build(s2)
     register_ami(clients, s2, b2)
     mark = rec.mark()
@@ -672,6 +723,6 @@ def test_missing_credentials_are_one_line(monkeypatch: pytest.MonkeyPatch, tmp_p
     with pytest.raises(PipelineError) as err:
         stack_status.status(s, Clients(region="us-east-1"))
     assert str(err.value) == (
-        "status: Unable to locate credentials "
-        "(hint: check aws.endpoint, aws.profile and aws.region in pipeline.toml)"
+        "status: AWS: no credentials found "
+        '(hint: configure them (aws configure, AWS_PROFILE, aws.profile), or use aws.endpoint = "local")'
     )

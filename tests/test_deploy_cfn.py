@@ -8,12 +8,12 @@ from typing import Any
 
 import boto3
 import pytest
+from awstest import FakeClock
 from botocore.exceptions import ClientError
 from botocore.stub import ANY, Stubber
 
-from pipeline.aws import cfn
+from pipeline.aws import calls, cfn
 from pipeline.errors import AwsError, DeployError
-from tests.deploy_support import FakeClock
 
 STACK = "erlang-web-dev"
 STACK_ID = f"arn:aws:cloudformation:us-east-1:123456789012:stack/{STACK}/6a1b2c3d-0000-4000-8000-000000000001"
@@ -372,7 +372,7 @@ def test_access_denied_points_at_the_policy() -> None:
         },
         "UpdateStack",
     )
-    err = cfn.aws_failure(denied, "deploy")
+    err = calls.describe(denied, "deploy")
     assert isinstance(err, AwsError)
     assert str(err) == (
         "deploy: AWS denied UpdateStack (AccessDenied): User: x is not authorized to perform: "
@@ -381,5 +381,11 @@ def test_access_denied_points_at_the_policy() -> None:
     )
     other = ClientError({"Error": {"Code": "Throttling", "Message": "Rate\nexceeded"}}, "DescribeStacks")
     assert (
-        str(cfn.aws_failure(other, "status")) == "status: DescribeStacks failed (Throttling): Rate exceeded"
+        str(calls.describe(other, "status"))
+        == "status: AWS DescribeStacks failed (Throttling): Rate exceeded"
+    )
+    expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeImages")
+    assert str(calls.describe(expired)) == (
+        "AWS DescribeImages failed (ExpiredToken): expired "
+        "(hint: the session has expired; log in again (aws sso login, or new credentials))"
     )

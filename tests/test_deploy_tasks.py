@@ -80,6 +80,14 @@ def test_deploy_status_rollback_and_bad_input_through_invoke(
     live = clients.cloudformation().describe_stacks(StackName="erlang-web-dev")["Stacks"][0]["Parameters"]
     assert {p["ParameterKey"]: p["ParameterValue"] for p in live}["BlueWeight"] == "100"
 
+    # destroy: the stack (with its own VPC) is deleted in the local AWS; gc's plan is the result
+    gone = invoke(root, "destroy", "--yes", *sets)
+    assert gone.returncode == 0, gone.stderr
+    assert "stack erlang-web-dev deleted" in gone.stderr
+    plan = json.loads(gone.stdout)
+    assert plan["would_remove"] == [] and {k["id"] for k in plan["kept"]} >= {ami1, ami2}
+    assert all(v["IsDefault"] for v in clients.ec2().describe_vpcs()["Vpcs"])  # the stack's VPC is gone
+
 
 def test_synth_and_iam_policy_tasks(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "proj")
@@ -94,3 +102,39 @@ def test_synth_and_iam_policy_tasks(tmp_path: Path) -> None:
     doc = json.loads(policy.stdout)
     stack = next(s for s in doc["Statement"] if s["Sid"] == "Stack")
     assert stack["Resource"] == ["arn:aws:cloudformation:us-east-1:123456789012:stack/erlang-web-prod/*"]
+
+
+@pytest.mark.slow  # a real beam build
+def test_quick_start_twice_then_destroy_gc_and_down(
+    project: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``invoke build ami deploy`` as the README's quick start runs it (on a free port): it ends with
+    the status table, and the second run changes nothing (the local AWS journals every request that
+    changes something, and its journal does not grow). Then the clean-up the README names."""
+    root, sets = project
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps at the terminal width
+    journal = root / ".pipeline" / "local" / "journal.jsonl"
+    first = invoke(root, "build", *sets, "ami", *sets, "deploy", *sets)
+    assert first.returncode == 0, first.stderr
+    assert "is live on blue" in first.stderr
+    table = first.stderr[first.stderr.rindex("stack erlang-web-dev: CREATE_COMPLETE") :]
+    assert "blue (live)" in table and table.rstrip().endswith("┘")  # the status table comes last
+    changes = len(journal.read_text().splitlines())
+
+    second = invoke(root, "build", *sets, "ami", *sets, "deploy", *sets)
+    assert second.returncode == 0, second.stderr
+    assert "is up to date (nothing changed)" in second.stderr
+    assert "is already live on blue: nothing to do" in second.stderr
+    assert len(journal.read_text().splitlines()) == changes  # no request changed anything
+
+    gone = invoke(root, "destroy", "--yes", *sets)
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout)["would_remove"] == []
+    gc = invoke(root, "gc", "--yes", *sets)
+    assert gc.returncode == 0, gc.stderr
+    record = json.loads(gc.stdout)
+    assert record["removed"] == [] and len(record["kept"]) == 1  # the newest image stays (ami.keep)
+    down = invoke(root, "local.down", *sets)
+    assert down.returncode == 0 and "stopped the local AWS" in down.stderr
+    settings = config.load(root, env="dev", overrides=sets[1::2])
+    assert local_server.status(settings) is None

@@ -7,7 +7,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from localaws import LocalAws, Recorder
+from awstest import Recorder
+from localaws import LocalAws
 from synthetic import make_build
 
 from pipeline.aws import ami, gc, provenance

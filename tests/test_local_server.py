@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from awstest import Recorder
 from botocore.exceptions import ClientError
-from localaws import LocalAws, Recorder, free_port, write_project
+from localaws import LocalAws, free_port, write_project
 
 from pipeline import config
 from pipeline.aws import pv
@@ -210,3 +211,50 @@ def test_a_torn_last_journal_line_is_skipped_and_an_earlier_one_is_an_error(tmp_
 def test_which_requests_are_journaled(method, headers, body, query, mutating) -> None:
     environ = {"REQUEST_METHOD": method, "QUERY_STRING": query, **headers}
     assert is_mutating(environ, body) is mutating
+
+
+def test_a_stack_with_its_own_vpc_is_deleted_also_after_a_reset_and_a_restart(tmp_path: Path) -> None:
+    """moto cannot delete a stack's route table by itself; the local AWS can, and the DeleteStack in its
+    journal replays without failing."""
+    from pipeline.aws import rollout, stack
+    from pipeline.aws.params import Release
+
+    root = tmp_path / "project"
+    write_project(root)
+    port = free_port()
+    settings = config.load(root=root, overrides=[f"local.port={port}"])
+    local = LocalAws(server.ensure_running(settings), port, root)
+    params = stack.params_for(settings)
+    assert not params.existing_vpc  # the stack makes its own VPC, route table included
+
+    def create_and_delete() -> None:
+        cf, ec2 = local.clients().cloudformation(), local.clients().ec2()
+        image = ec2.register_image(Name="app", RootDeviceName="/dev/xvda")["ImageId"]
+        state = rollout.first_state(Release(image, "1111111111aa", "t3.micro", "hvm"), 1)
+        stack_id = cf.create_stack(
+            StackName="erlang-web-dev", TemplateBody=stack.render(params), Parameters=state.parameters()
+        )["StackId"]
+        assert cf.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == "CREATE_COMPLETE"
+        assert len(ec2.describe_vpcs()["Vpcs"]) == 2  # the default VPC and the stack's
+        cf.delete_stack(StackName=stack_id)
+        assert cf.describe_stacks(StackName=stack_id)["Stacks"][0]["StackStatus"] == "DELETE_COMPLETE"
+        (default,) = ec2.describe_vpcs()["Vpcs"]
+        assert default["IsDefault"]
+        assert {t["VpcId"] for t in ec2.describe_route_tables()["RouteTables"]} == {default["VpcId"]}
+
+    try:
+        create_and_delete()
+        local.reset()
+        create_and_delete()
+        entries = server.status(settings)["journal_entries"]
+        server.stop(settings)
+        server.ensure_running(settings)
+        assert (server.status(settings)["replayed"], server.status(settings)["replay_failures"]) == (
+            entries,
+            0,
+        )
+        cf = local.clients().cloudformation()
+        assert [s["StackStatus"] for s in cf.list_stacks()["StackSummaries"]] == ["DELETE_COMPLETE"]
+        assert [v["IsDefault"] for v in local.clients().ec2().describe_vpcs()["Vpcs"]] == [True]
+    finally:
+        server.stop(settings)

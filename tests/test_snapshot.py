@@ -7,7 +7,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from localaws import LocalAws, Recorder
+from awstest import FakeClock, Recorder
+from localaws import LocalAws
 from synthetic import make_build
 
 from pipeline.aws import delta, provenance
@@ -295,21 +296,6 @@ def test_an_interrupted_upload_that_no_longer_accepts_blocks_is_replaced(aws: Lo
     assert [s["SnapshotId"] for s in left] == [result.snapshot_id]
 
 
-class FakeClock:
-    """Time that passes only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def clock(self) -> float:
-        return self.now
-
-
 def _snapshot_state(state: str, **extra) -> dict:
     return {"Snapshots": [{"SnapshotId": "snap-0123456789abcdef0", "State": state, **extra}]}
 
@@ -327,7 +313,7 @@ def test_waiting_for_completion_polls_with_backoff_until_completed() -> None:
             )
         snap.wait_completed(ec2, "snap-0123456789abcdef0", sleep=clock.sleep, clock=clock.clock)
         stub.assert_no_pending_responses()
-    assert clock.sleeps == [2.0, 4.0, 8.0]
+    assert clock.slept == [2.0, 4.0, 8.0]
 
 
 def test_a_snapshot_that_ends_in_error_stops_the_wait_with_its_reason() -> None:
@@ -358,7 +344,7 @@ def test_waiting_for_completion_gives_up_at_its_deadline() -> None:
             stub.add_response("describe_snapshots", _snapshot_state("pending"))
         with pytest.raises(AwsError, match="still not done after 3600s"):
             snap.wait_completed(ec2, "snap-0123456789abcdef0", sleep=clock.sleep, clock=clock.clock)
-    assert clock.now <= snap.COMPLETION_TIMEOUT and max(clock.sleeps) == 15.0
+    assert clock.now <= snap.COMPLETION_TIMEOUT and max(clock.slept) == 15.0
 
 
 def test_a_new_snapshot_not_yet_writable_is_retried_until_it_is(aws: LocalAws) -> None:
@@ -400,7 +386,7 @@ def test_a_new_snapshot_not_yet_writable_is_retried_until_it_is(aws: LocalAws) -
         with open(p.image, "rb") as f:
             assert up._put_first(p, "snap-0123456789abcdef0", f.fileno(), (first, False), resumed=False)
         stub.assert_no_pending_responses()
-    assert clock.sleeps == [1.0, 2.0, 4.0]
+    assert clock.slept == [1.0, 2.0, 4.0]
 
 
 def test_a_new_snapshot_that_never_becomes_writable_is_given_up_after_two_minutes(aws: LocalAws) -> None:
@@ -429,7 +415,7 @@ def test_a_new_snapshot_that_never_becomes_writable_is_given_up_after_two_minute
             assert not up._put_first(
                 p, "snap-0123456789abcdef0", f.fileno(), (sorted(p.write)[0], False), False
             )
-    assert sum(clock.sleeps) <= snap.WRITABLE_TIMEOUT < sum(clock.sleeps) + 15
+    assert sum(clock.slept) <= snap.WRITABLE_TIMEOUT < sum(clock.slept) + 15
 
 
 def _tiny():

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from localaws import LocalAws, Recorder
+from awstest import Recorder
+from localaws import LocalAws
 from synthetic import MIB, Layout, make_build
 
 import pipeline

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline import config
-from pipeline.aws import params, stack
+from pipeline.aws import pv, stack
 from pipeline.aws.params import Release, Side, StackState
 from pipeline.aws.stack import StackParams
 from pipeline.errors import ConfigError
@@ -239,20 +239,24 @@ def stack_fields() -> tuple[str, ...]:
         ("m5.large", "pv", False),
         ("c5.large", "pv", False),
         ("t2.micro", "pv", False),
+        ("m3.4xlarge", "pv", False),  # a PV family, but no such type: the template's rule would refuse it
     ],
 )
 def test_only_pv_capable_instance_types_validate_for_pv_images(
     instance_type: str, virtualization: str, fits: bool
 ) -> None:
-    assert params.instance_type_fits(instance_type, virtualization) is fits  # type: ignore[arg-type]
+    assert pv.instance_type_fits(instance_type, virtualization) is fits
     if fits:
-        params.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
+        pv.check_instance_type(instance_type, virtualization)
     else:
         with pytest.raises(ConfigError) as err:
-            params.check_instance_type(instance_type, virtualization)  # type: ignore[arg-type]
+            pv.check_instance_type(instance_type, virtualization)
         line = str(err.value)
         assert "\n" not in line
-        assert line.startswith(f'deploy.instance_type: "{instance_type}" cannot boot pv images')
+        assert line.startswith(
+            f'pipeline.toml: deploy.instance_type: "{instance_type}" cannot boot paravirtual (PV) images'
+        )
+        assert "C1, C3, M1, M2, M3 and T1 families" in line
         assert "(hint:" in line and "m3.medium" in line
 
 
@@ -263,8 +267,9 @@ def test_template_rules_allow_only_pv_types_for_pv_colours() -> None:
         assert rule["RuleCondition"] == {"Fn::Equals": [{"Ref": f"{color}Virtualization"}, "pv"]}
         allowed, ref = rule["Assertions"][0]["Assert"]["Fn::Contains"]
         assert ref == {"Ref": f"{color}InstanceType"}
-        assert all(params.instance_type_fits(it, "pv") for it in allowed)
-        assert {it.split(".")[0] for it in allowed} == set(params.PV_FAMILIES)
+        assert allowed == list(pv.PV_INSTANCE_TYPES)  # the list the pipeline checks against
+        assert all(pv.instance_type_fits(it, "pv") for it in allowed)
+        assert {it.split(".")[0] for it in allowed} == set(pv.PV_FAMILIES)
         assert t["Parameters"][f"{color}Virtualization"]["AllowedValues"] == ["hvm", "pv"]
 
 

@@ -14,7 +14,8 @@ from botocore.exceptions import ClientError
 
 from pipeline import ui
 from pipeline.aws import tags as T
-from pipeline.aws.images import ImageRecord, error_code, parse_time
+from pipeline.aws.calls import error_code
+from pipeline.aws.images import ImageRecord, parse_time
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -112,5 +113,5 @@ def ensure_deprecation(ec2: EC2Client, image: ImageRecord, at: datetime) -> list
             f"{image.region}: this AWS endpoint cannot deprecate images; recorded {T.DEPRECATE_AT}={stamp}"
         )
         action = f"deprecation at {stamp} recorded as a tag only ({error_code(err)})"
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list({T.DEPRECATE_AT: stamp}))
+    ec2.create_tags(Resources=[image.image_id], Tags=T.to_aws({T.DEPRECATE_AT: stamp}))
     return [action]

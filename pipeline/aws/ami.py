@@ -107,19 +107,13 @@ class Publication:
         return out
 
 
-@one_line_errors
+@one_line_errors()
 def find_image(
     clients: Clients, settings: Settings, build_id: str, virtualization: str, region: str
 ) -> ImageRecord | None:
     """The pipeline's AMI of ``build_id`` in ``region`` (by tags BuildId, Virtualization, App, Env,
     ManagedBy), available or still pending; None if there is none."""
-    want = {
-        T.MANAGED: T.MANAGED_BY,
-        T.APP: settings.app.name,
-        T.ENV: settings.env,
-        T.BUILD_ID: build_id,
-        T.VIRTUALIZATION: virtualization,
-    }
+    want = T.scope(settings.app.name, settings.env, {T.BUILD_ID: build_id, T.VIRTUALIZATION: virtualization})
     return newest(describe_images(clients.ec2(region), region, want))
 
 
@@ -145,7 +139,7 @@ def select_disk(build: Build, virtualization: str) -> dict[str, Any]:
     )
 
 
-@one_line_errors
+@one_line_errors()
 def publish(
     settings: Settings,
     clients: Clients,
@@ -336,7 +330,7 @@ def register_request(
             }
         ],
         "ImdsSupport": "v2.0",  # instances from this AMI require IMDSv2 tokens
-        "TagSpecifications": [{"ResourceType": "image", "Tags": T.tag_list(tags)}],
+        "TagSpecifications": [{"ResourceType": "image", "Tags": T.to_aws(tags)}],
     }
     if virtualization == "hvm":
         # Nitro: UEFI boot, ENA networking; EBS appears as NVMe, which needs no AMI attribute.
@@ -413,8 +407,8 @@ def _ensure_copy(
             Description=f"copy of {source.region}/{source.image_id}",
             ClientToken=token,
             TagSpecifications=[
-                {"ResourceType": "image", "Tags": T.tag_list(copy_tags)},
-                {"ResourceType": "snapshot", "Tags": T.tag_list(copy_tags)},
+                {"ResourceType": "image", "Tags": T.to_aws(copy_tags)},
+                {"ResourceType": "snapshot", "Tags": T.to_aws(copy_tags)},
             ],
         )
         copy = wait_available(ec2, region, resp["ImageId"], sleep, clock)
@@ -443,4 +437,4 @@ def _ensure_snapshot_tags(ec2: EC2Client, snapshot_ids: Sequence[str], want: Map
     for s in ec2.describe_snapshots(SnapshotIds=list(snapshot_ids)).get("Snapshots", []):
         lacking = T.missing(want, T.from_aws(s.get("Tags")))
         if lacking:
-            ec2.create_tags(Resources=[s["SnapshotId"]], Tags=T.tag_list(lacking))
+            ec2.create_tags(Resources=[s["SnapshotId"]], Tags=T.to_aws(lacking))

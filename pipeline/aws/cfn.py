@@ -19,16 +19,19 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from pipeline.errors import AwsError, DeployError
+from pipeline.aws.calls import error_code
+from pipeline.aws.wait import poll
+from pipeline.errors import DeployError, PipelineError
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudformation import CloudFormationClient
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # DescribeStacks is rate limited (aws-cli polls every 30 s while executing); 10 s keeps the event
 # stream lively without coming near the limit.
@@ -47,8 +50,6 @@ GOOD = {
     "IMPORT_COMPLETE",
     "IMPORT_ROLLBACK_COMPLETE",
 }
-
-ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess"}
 
 
 class StackFailed(DeployError):
@@ -80,8 +81,8 @@ class Change:
 
 def is_missing(err: ClientError) -> bool:
     """``DescribeStacks`` of a stack that does not exist: ValidationError "Stack with id X does not exist"."""
-    e = err.response.get("Error", {})
-    return e.get("Code") == "ValidationError" and "does not exist" in e.get("Message", "")
+    message = err.response.get("Error", {}).get("Message", "")
+    return error_code(err) == "ValidationError" and "does not exist" in message
 
 
 NO_CHANGE_TEXTS = (
@@ -94,22 +95,6 @@ NO_CHANGE_TEXTS = (
 def is_no_change(text: str) -> bool:
     """Whether a CloudFormation message says that the request changes nothing."""
     return any(t in text for t in NO_CHANGE_TEXTS)
-
-
-def aws_failure(err: ClientError, doing: str = "") -> AwsError:
-    """A one-line error for a failed AWS call (``doing``: what the pipeline was at, as a prefix), with
-    a hint for missing permissions."""
-    e = err.response.get("Error", {})
-    code = e.get("Code", "Error")
-    message = " ".join(str(e.get("Message", "")).split())
-    op = err.operation_name
-    prefix = f"{doing}: " if doing else ""
-    if code in ACCESS_DENIED or "not authorized" in message.lower():
-        return AwsError(
-            f"{prefix}AWS denied {op} ({code}): {message}",
-            hint="invoke iam-policy prints the policy the pipeline needs; attach it to these credentials",
-        )
-    return AwsError(f"{prefix}{op} failed ({code}): {message}")
 
 
 # -- reading -----------------------------------------------------------------------------------------------
@@ -232,9 +217,31 @@ def event_line(event: Mapping[str, Any]) -> str:
 
 @dataclass
 class Waiter:
+    """How stack operations are waited for: a fixed poll rate on the injected clock."""
+
     sleep: Callable[[float], None]
     clock: Callable[[], float]
     poll: float = POLL_SECONDS
+
+    def until(
+        self,
+        check: Callable[[], T | None],
+        what: str,
+        timeout: float,
+        expired: Callable[[], PipelineError],
+        every: float | None = None,
+    ) -> T:
+        rate = every or self.poll
+        return poll(
+            check,
+            what=what,
+            timeout=timeout,
+            sleep=self.sleep,
+            clock=self.clock,
+            first=rate,
+            most=rate,
+            expired=expired,
+        )
 
 
 def create(
@@ -242,7 +249,7 @@ def create(
     stack: str,
     template: str,
     parameters: Sequence[Mapping[str, str]],
-    tags: Sequence[Mapping[str, str]],
+    tags: Sequence[Mapping[str, Any]],
 ) -> str:
     """Start creating the stack; return its id."""
     resp = cf.create_stack(
@@ -260,7 +267,7 @@ def update(
     stack: str,
     template: str,
     parameters: Sequence[Mapping[str, str]],
-    tags: Sequence[Mapping[str, str]],
+    tags: Sequence[Mapping[str, Any]],
 ) -> bool:
     """Start updating the stack; False when CloudFormation says there is nothing to change."""
     try:
@@ -271,9 +278,7 @@ def update(
             Tags=[dict(t) for t in tags],  # type: ignore[misc]
         )
     except ClientError as err:
-        if err.response.get("Error", {}).get("Code") == "ValidationError" and is_no_change(
-            err.response["Error"].get("Message", "")
-        ):
+        if error_code(err) == "ValidationError" and is_no_change(err.response["Error"].get("Message", "")):
             return False
         raise
     return True
@@ -287,20 +292,24 @@ def wait(
     Raises :class:`StackFailed` (after printing the failing resources' events) unless it ends in a
     good state or is deleted, and :class:`DeployError` when :data:`STACK_TIMEOUT` passes first.
     """
-    deadline = waiter.clock() + STACK_TIMEOUT
-    while True:
-        resp = cf.describe_stacks(StackName=stack_id)
-        stack = resp["Stacks"][0]
-        status = stack["StackStatus"]
+    seen: dict[str, Any] = {"StackName": stack_id, "StackStatus": "unknown"}
+
+    def ended() -> dict[str, Any] | None:
+        stack: dict[str, Any] = dict(cf.describe_stacks(StackName=stack_id)["Stacks"][0])
         events.pump()
-        if not status.endswith("_IN_PROGRESS"):
-            break
-        if waiter.clock() >= deadline:
-            raise DeployError(
-                f"stack {stack['StackName']}: {doing} still {status} after {STACK_TIMEOUT:g}s",
-                hint="CloudFormation keeps going; invoke status shows when it ends",
-            )
-        waiter.sleep(waiter.poll)
+        seen.update(stack)
+        return None if str(stack["StackStatus"]).endswith("_IN_PROGRESS") else stack
+
+    stack = waiter.until(
+        ended,
+        f"stack {stack_id}: {doing}",
+        STACK_TIMEOUT,
+        lambda: DeployError(
+            f"stack {seen['StackName']}: {doing} still {seen['StackStatus']} after {STACK_TIMEOUT:g}s",
+            hint="CloudFormation keeps going; invoke status shows when it ends",
+        ),
+    )
+    status = stack["StackStatus"]
     if status in SUCCEEDED:
         return _info(stack)
     raise StackFailed(
@@ -344,14 +353,18 @@ def plan_update(
         Description="plan made by the pipeline; deleted after it is read",
     )
     try:
-        deadline = waiter.clock() + CHANGE_SET_TIMEOUT
-        while True:
-            desc = cf.describe_change_set(StackName=stack, ChangeSetName=name)
-            if desc["Status"] not in ("CREATE_PENDING", "CREATE_IN_PROGRESS"):
-                break
-            if waiter.clock() >= deadline:
-                raise DeployError(f"stack {stack}: change set {name} not ready after {CHANGE_SET_TIMEOUT:g}s")
-            waiter.sleep(min(waiter.poll, 5.0))
+
+        def made() -> dict[str, Any] | None:
+            desc = dict(cf.describe_change_set(StackName=stack, ChangeSetName=name))
+            return None if desc["Status"] in ("CREATE_PENDING", "CREATE_IN_PROGRESS") else desc
+
+        desc = waiter.until(
+            made,
+            f"stack {stack}: change set {name}",
+            CHANGE_SET_TIMEOUT,
+            lambda: DeployError(f"stack {stack}: change set {name} not ready after {CHANGE_SET_TIMEOUT:g}s"),
+            every=min(waiter.poll, 5.0),  # a change set is usually ready within seconds
+        )
         if desc["Status"] == "FAILED":
             reason = desc.get("StatusReason", "")
             if is_no_change(reason):

@@ -13,23 +13,20 @@ Waiting uses the injected ``sleep`` and ``clock``. :mod:`pipeline.aws.status` ha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from pipeline import build, ui
-from pipeline.aws import cfn, rollout, stack, tags
-from pipeline.aws.deployment import Deployment, Runtime, aws_errors
-from pipeline.aws.params import Color, Release, StackState, check_instance_type
+from pipeline.aws import ami, cfn, pv, rollout, stack
+from pipeline.aws.calls import one_line_errors
+from pipeline.aws.deployment import Deployment, Runtime
+from pipeline.aws.params import Release, StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
+from pipeline.aws.tags import Color
 from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
-from pipeline.images.devices import Virtualization
 from pipeline.manifest import MANIFEST
 
-if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
-
-__all__ = ["Outcome", "Runtime", "StagePlan", "deploy", "find_image", "plan", "rollback"]
+__all__ = ["Outcome", "Runtime", "StagePlan", "deploy", "plan", "rollback"]
 
 
 @dataclass(frozen=True)
@@ -47,36 +44,23 @@ class Outcome:
 # -- images -------------------------------------------------------------------------------------------------
 
 
-def find_image(
-    clients: Clients, settings: Settings, build_id: str, virtualization: Virtualization, region: str
-) -> str | None:
-    """The id of the AMI registered for ``build_id`` and ``virtualization`` in ``region``, if any.
-
-    Selected by the pipeline's tags (never by name alone) among the account's own available images.
-    """
-    filters = {
-        tags.MANAGED: tags.MANAGED_BY,
-        tags.APP: settings.app.name,
-        tags.BUILD_ID: build_id,
-        tags.VIRTUALIZATION: virtualization,
-    }
-    wanted: list[FilterTypeDef] = [{"Name": f"tag:{k}", "Values": [v]} for k, v in filters.items()]
-    wanted.append({"Name": "state", "Values": ["available"]})
-    resp = clients.ec2(region).describe_images(Owners=["self"], Filters=wanted)
-    images = sorted(resp["Images"], key=lambda i: i.get("CreationDate", ""), reverse=True)
-    return images[0]["ImageId"] if images else None
-
-
 def _release(clients: Clients, settings: Settings, build_id: str) -> Release:
+    """The release of ``build_id``: its AMI in the home region (found by the ami stage's lookup), which
+    must be available."""
     virtualization = settings.virtualization
     region = settings.aws.region
-    image = find_image(clients, settings, build_id, virtualization, region)
+    image = ami.find_image(clients, settings, build_id, virtualization, region)
     if image is None:
         raise DeployError(
             f"no AMI of build {build_id} ({settings.image.target}, {virtualization}) in {region}",
             hint=f"run: invoke ami --env {settings.env} (or add {region} to ami.regions)",
         )
-    return Release(image, build_id, settings.deploy.instance_type, virtualization)
+    if image.state != "available":
+        raise DeployError(
+            f"AMI {image.image_id} of build {build_id} in {region} is {image.state}, not available yet",
+            hint=f"run: invoke ami --env {settings.env} (it waits until the AMI is available), then deploy",
+        )
+    return Release(image.image_id, build_id, settings.deploy.instance_type, virtualization)
 
 
 def _current_build(settings: Settings) -> str:
@@ -86,7 +70,7 @@ def _current_build(settings: Settings) -> str:
 # -- deploy -------------------------------------------------------------------------------------------------
 
 
-@aws_errors("deploy")
+@one_line_errors("deploy")
 def deploy(
     settings: Settings,
     clients: Clients,
@@ -101,7 +85,7 @@ def deploy(
     missing, stack busy or stuck) and a :class:`DeployError` after rolling back a failed release.
     """
     runtime = runtime or Runtime()
-    check_instance_type(settings.deploy.instance_type, settings.virtualization)
+    pv.check_instance_type(settings.deploy.instance_type, settings.virtualization)
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
@@ -157,8 +141,8 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     )
     if dry_run:
         return Outcome("planned", d.name, None, release.build_id, release.image_id)
-    if not d.runtime.confirm(f"create stack {d.name} in {s.aws.region}?"):
-        raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
+    # No question here: a new stack replaces no release, and the first ``invoke build ami deploy`` runs
+    # unattended. Changing a live release (a later deploy, rollback, destroy) asks first.
     if info is not None:  # REVIEW_IN_PROGRESS: an empty stack left by a change set; it holds nothing
         cfn.delete(d.cf, info.stack_id)
         cfn.wait(d.cf, info.stack_id, d.events(info.stack_id), d.waiter, "delete of the empty stack")
@@ -217,7 +201,7 @@ def _show_changes(
 # -- rollback -----------------------------------------------------------------------------------------------
 
 
-@aws_errors("rollback")
+@one_line_errors("rollback")
 def rollback(
     settings: Settings,
     clients: Clients,
@@ -254,7 +238,9 @@ def rollback(
             f"stack {d.name}: blue and green run the same release (build {release.build_id}): "
             "there is no previous release to return to",
         )
-    check_instance_type(release.instance_type, release.virtualization)
+    pv.check_instance_type(
+        release.instance_type, release.virtualization, f"stack {d.name}: {target.capitalize()}InstanceType"
+    )
     s = settings.deploy
     steps = rollout.rollout_steps(
         current, target, release, s.capacity, (100,), s.bake_seconds, s.retention_seconds
@@ -281,7 +267,7 @@ class StagePlan:
     detail: str
 
 
-@aws_errors("plan")
+@one_line_errors("plan")
 def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -> list[StagePlan]:
     """What ``invoke build ami deploy`` would do, changing nothing (a deploy plan's change set is
     deleted again)."""
@@ -291,20 +277,27 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     built = (build.builds_dir(settings) / bp.build_id / MANIFEST).is_file()
     out.append(StagePlan("build", "up to date" if built else "would build", f"build {bp.build_id}"))
     virtualization = settings.virtualization
-    image = find_image(clients, settings, bp.build_id, virtualization, settings.aws.region)
-    out.append(
-        StagePlan(
-            "ami",
-            "up to date" if image else "would register",
-            f"{image} ({virtualization})"
-            if image
-            else f"an AMI of build {bp.build_id} ({virtualization}) in {settings.aws.region}",
+    region = settings.aws.region
+    image = ami.find_image(clients, settings, bp.build_id, virtualization, region)
+    if image is None:
+        out.append(
+            StagePlan(
+                "ami", "would register", f"an AMI of build {bp.build_id} ({virtualization}) in {region}"
+            )
         )
-    )
+    elif image.state != "available":
+        out.append(
+            StagePlan(
+                "ami", "would wait", f"{image.image_id} ({virtualization}) is {image.state} in {region}"
+            )
+        )
+    else:
+        out.append(StagePlan("ami", "up to date", f"{image.image_id} ({virtualization})"))
+    image_id = image.image_id if image is not None and image.state == "available" else None
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
-    check_instance_type(settings.deploy.instance_type, virtualization)
+    pv.check_instance_type(settings.deploy.instance_type, virtualization)
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         out.append(
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")
@@ -317,14 +310,16 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
             StagePlan("deploy", "blocked", "the traffic is split; invoke rollback --to blue|green first")
         )
         return out
-    if image is None:
+    if image_id is None:
         out.append(
             StagePlan(
-                "deploy", "would roll out", f"build {bp.build_id} to {opposite(live)} once its AMI exists"
+                "deploy",
+                "would roll out",
+                f"build {bp.build_id} to {opposite(live)} once its AMI is available",
             )
         )
         return out
-    release = Release(image, bp.build_id, settings.deploy.instance_type, virtualization)
+    release = Release(image_id, bp.build_id, settings.deploy.instance_type, virtualization)
     if current.side(live).release == release:
         if d.live_template_differs():
             _show_changes(d, current, f"plan-{bp.build_id}-template", "the stack's template changed")

@@ -7,29 +7,25 @@ Nothing here prompts: the caller passes ``confirm`` in :class:`Runtime` (tasks.p
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
-from pipeline.aws import cfn, rollout, stack, tags
+from pipeline.aws import calls, cfn, rollout, stack, tags
 from pipeline.aws.health import AwsHealth, HealthGate, HealthSource, Subject
-from pipeline.aws.params import Color, StackState
+from pipeline.aws.params import StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
+from pipeline.aws.tags import Color
 from pipeline.config import Settings
-from pipeline.errors import AwsError, DeployError, PipelineError
+from pipeline.errors import DeployError, PipelineError
 
 log = logging.getLogger(__name__)
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 
 def _never(_question: str) -> bool:
@@ -59,12 +55,7 @@ class Deployment:
         self.cf = clients.cloudformation()
         self.waiter = cfn.Waiter(runtime.sleep, runtime.clock)
         self.stack_tags = tags.to_aws(
-            {
-                tags.MANAGED: tags.MANAGED_BY,
-                tags.APP: settings.app.name,
-                tags.ENV: settings.env,
-                tags.TARGET: settings.image.target,
-            }
+            tags.scope(settings.app.name, settings.env, {tags.TARGET: settings.image.target})
         )
         self.template_sent = False
         self.info: cfn.StackInfo | None = None
@@ -223,28 +214,8 @@ class Deployment:
 
 def _describe(err: BaseException) -> tuple[str, str | None]:
     """What went wrong (one line, no hint) and the hint that goes with it, if any."""
-    if isinstance(err, ClientError):
-        err = cfn.aws_failure(err)
+    if isinstance(err, (ClientError, BotoCoreError)):
+        err = calls.describe(err)
     if isinstance(err, PipelineError):
         return " ".join(err.message.split()), err.hint
     return str(err) or type(err).__name__, None
-
-
-def aws_errors(doing: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn an AWS error that escapes the function into a one-line :class:`AwsError`."""
-
-    def wrap(fn: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(fn)
-        def inner(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return fn(*args, **kwargs)
-            except ClientError as err:
-                raise cfn.aws_failure(err, doing) from err
-            except BotoCoreError as err:  # no credentials, no connection, an answer that is not AWS's
-                raise AwsError(
-                    f"{doing}: {err}", hint="check aws.endpoint, aws.profile and aws.region in pipeline.toml"
-                ) from err
-
-        return inner
-
-    return wrap

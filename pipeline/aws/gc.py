@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Literal
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
-from pipeline.aws.calls import one_line_errors
+from pipeline.aws.calls import error_code, error_text, one_line_errors
 from pipeline.aws.delta import describe_snapshots
-from pipeline.aws.images import ImageRecord
+from pipeline.aws.images import ImageRecord, describe_images
 from pipeline.aws.session import Clients
 from pipeline.aws.snapshot import upload_running
 from pipeline.config import Settings
@@ -82,7 +82,7 @@ class GcPlan:
         ]
 
 
-@one_line_errors
+@one_line_errors()
 def plan(
     clients: Clients,
     settings: Settings,
@@ -95,7 +95,7 @@ def plan(
     keep = settings.ami.keep if keep is None else keep
     regions = list(dict.fromkeys((settings.aws.region, *settings.ami.regions)))
     out = GcPlan(regions)
-    scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}
+    scope = T.scope(settings.app.name, settings.env)
     lock_dir = settings.work_dir / "uploads"
     for region in regions:
         _plan_region(clients.ec2(region), clients, region, scope, keep, grace, now(), lock_dir, out)
@@ -113,7 +113,7 @@ def _plan_region(
     lock_dir: Path,
     out: GcPlan,
 ) -> None:
-    images = _our_images(ec2, region, scope)
+    images = describe_images(ec2, region, scope, usable=False)
     used = references(clients, region)
     groups: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
     for image in images:
@@ -167,12 +167,6 @@ def _plan_region(
         out.removals.append(Removal(region, "snapshot", sid, build, created, reason))
 
 
-def _our_images(ec2: EC2Client, region: str, scope: Mapping[str, str]) -> list[ImageRecord]:
-    resp = ec2.describe_images(Owners=["self"], Filters=T.filters(scope))
-    records = [ImageRecord.from_aws(region, i) for i in resp.get("Images", [])]
-    return [r for r in records if T.managed(r.tags) and r.state not in ("deregistered", "disabled")]
-
-
 def references(clients: Clients, region: str) -> dict[str, str]:
     """Image ids that stacks and launch templates in ``region`` still use -> who uses them."""
     used: dict[str, str] = {}
@@ -204,10 +198,10 @@ def _image_ids(value: str) -> Iterable[str]:
             yield part
 
 
-@one_line_errors
+@one_line_errors()
 def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[Removal, str]]:
     """Carry out ``gc_plan``: images first, then snapshots. Returns the removals that failed, with why."""
-    scope = {T.MANAGED: T.MANAGED_BY, T.APP: settings.app.name, T.ENV: settings.env}
+    scope = T.scope(settings.app.name, settings.env)
     failures: list[tuple[Removal, str]] = []
     ordered = sorted(gc_plan.removals, key=lambda r: r.kind != "image")
     for removal in ordered:
@@ -225,8 +219,7 @@ def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[R
                 ec2.delete_snapshot(SnapshotId=removal.resource_id)
             log.info("gc: removed %s %s in %s", removal.kind, removal.resource_id, removal.region)
         except ClientError as err:
-            e = err.response.get("Error", {})
-            failures.append((removal, f"{e.get('Code')}: {e.get('Message')}"))
+            failures.append((removal, error_text(err)))
     return failures
 
 
@@ -238,7 +231,7 @@ def _check(ec2: EC2Client, removal: Removal, scope: Mapping[str, str]) -> Litera
         else:
             found = ec2.describe_snapshots(SnapshotIds=[removal.resource_id]).get("Snapshots", [])  # type: ignore[assignment]
     except ClientError as err:
-        if "NotFound" in str(err.response.get("Error", {}).get("Code", "")):
+        if "NotFound" in error_code(err):
             return "gone"
         raise
     if not found:

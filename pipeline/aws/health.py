@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.aws.params import Color
 from pipeline.aws.stack import COLOR_HEADER, HEALTH_PATH
+from pipeline.aws.tags import Color
+from pipeline.aws.wait import poll
 from pipeline.errors import DeployError
 
 if TYPE_CHECKING:
@@ -162,23 +163,29 @@ class HealthGate:
 
     def wait_healthy(self, c: Subject, timeout: float) -> Verdict:
         """Poll until ``c`` is healthy; raise :class:`Unhealthy` when ``timeout`` seconds pass first."""
-        deadline = self.clock() + timeout
-        last = ""
-        while True:
+        seen: list[Verdict] = []
+
+        def healthy() -> Verdict | None:
             verdict = self.check(c)
-            if verdict.detail != last:
+            if not seen or verdict.detail != seen[-1].detail:
                 self.report(f"{c.color}: {verdict.detail}")
-                last = verdict.detail
-            if verdict.healthy:
-                return verdict
-            remaining = deadline - self.clock()
-            if remaining <= 0:
-                raise Unhealthy(
-                    f"{c.color} (build {c.build_id}) did not become healthy within {timeout:g}s: "
-                    f"{verdict.detail}",
-                    hint="the instances' console output and the target group's health checks show why",
-                )
-            self.sleep(min(self.poll, remaining))
+            seen[:] = [verdict]
+            return verdict if verdict.healthy else None
+
+        return poll(
+            healthy,
+            what=f"{c.color} health",
+            timeout=timeout,
+            sleep=self.sleep,
+            clock=self.clock,
+            first=self.poll,
+            most=self.poll,
+            expired=lambda: Unhealthy(
+                f"{c.color} (build {c.build_id}) did not become healthy within {timeout:g}s: "
+                f"{seen[-1].detail}",
+                hint="the instances' console output and the target group's health checks show why",
+            ),
+        )
 
     def watch(self, c: Subject, seconds: float) -> None:
         """Hold for ``seconds`` while ``c`` takes traffic; raise :class:`Unhealthy` as soon as it is

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from botocore.exceptions import ClientError
 
 from pipeline.aws import tags as T
+from pipeline.aws.calls import error_code
 from pipeline.aws.wait import poll
 from pipeline.errors import AwsError
 
@@ -73,11 +74,20 @@ class ImageRecord:
         return parse_time(self.created)
 
 
-def describe_images(ec2: EC2Client, region: str, tags: Mapping[str, str]) -> list[ImageRecord]:
-    """Our images in ``region`` carrying every one of ``tags`` (failed and deregistered ones left out)."""
+USABLE = ("available", "pending")
+GONE = ("deregistered", "disabled")
+
+
+def describe_images(
+    ec2: EC2Client, region: str, tags: Mapping[str, str], usable: bool = True
+) -> list[ImageRecord]:
+    """The pipeline's images in ``region`` carrying every one of ``tags``: those that are or will be
+    usable (``usable``), or all that still exist (failed ones included, for gc)."""
     resp = ec2.describe_images(Owners=["self"], Filters=T.filters(tags))
     records = [ImageRecord.from_aws(region, i) for i in resp.get("Images", [])]
-    return [r for r in records if r.state in ("available", "pending") and T.managed(r.tags)]
+    return [
+        r for r in records if (r.state in USABLE if usable else r.state not in GONE) and T.managed(r.tags)
+    ]
 
 
 def newest(records: Sequence[ImageRecord]) -> ImageRecord | None:
@@ -89,7 +99,7 @@ def find_by_name(ec2: EC2Client, region: str, name: str, want: Mapping[str, str]
     resp = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
     for image in resp.get("Images", []):
         record = ImageRecord.from_aws(region, image)
-        if record.state not in ("available", "pending"):
+        if record.state not in USABLE:
             continue
         clash = {k: v for k, v in record.tags.items() if k in want and want[k] != v}
         if clash:
@@ -126,7 +136,7 @@ def ensure_tags(ec2: EC2Client, image: ImageRecord, want: Mapping[str, str]) -> 
     lacking = T.missing(want, image.tags)
     if not lacking:
         return image
-    ec2.create_tags(Resources=[image.image_id], Tags=T.tag_list(lacking))
+    ec2.create_tags(Resources=[image.image_id], Tags=T.to_aws(lacking))
     return with_tags(image, {**image.tags, **lacking})
 
 
@@ -138,7 +148,3 @@ def parse_time(text: str) -> datetime:
     """An AWS timestamp (``2026-01-02T03:04:05.000Z``) as an aware UTC datetime."""
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def error_code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))

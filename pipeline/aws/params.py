@@ -1,46 +1,15 @@
 """The release state a stack's parameters carry (pure): per colour the image, build, instance type and
-virtualization it runs, its capacity and its share of the traffic; and which instance types can boot
-which images.
+virtualization it runs, its capacity and its share of the traffic. (Which instance types boot which
+images: :mod:`pipeline.aws.pv`.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
 
-from pipeline.errors import ConfigError
+from pipeline.aws.tags import COLORS, Color
 from pipeline.images.devices import Virtualization
-
-Color = Literal["blue", "green"]
-COLORS: tuple[Color, Color] = ("blue", "green")
-
-# EC2 families that can boot paravirtual AMIs (AWS EC2 User Guide, "Virtualization types": "The
-# following previous generation instance types support PV AMIs: C1, C3, M1, M3, M2, and T1").
-PV_FAMILIES = ("c1", "c3", "m1", "m2", "m3", "t1")
-PV_INSTANCE_TYPES = (
-    "c1.medium",
-    "c1.xlarge",
-    "c3.large",
-    "c3.xlarge",
-    "c3.2xlarge",
-    "c3.4xlarge",
-    "c3.8xlarge",
-    "m1.small",
-    "m1.medium",
-    "m1.large",
-    "m1.xlarge",
-    "m2.xlarge",
-    "m2.2xlarge",
-    "m2.4xlarge",
-    "m3.medium",
-    "m3.large",
-    "m3.xlarge",
-    "m3.2xlarge",
-    "t1.micro",
-)
-# Encrypted EBS volumes are refused by the oldest of these (C1, M1, M2, T1); PV scratch volumes use
-# the account's default encryption setting instead of asking for it.
 
 
 @dataclass(frozen=True)
@@ -121,24 +90,3 @@ class StackState:
             )
             sides[color] = Side(release, int(params[f"{p}Capacity"]), int(params[f"{p}Weight"]))
         return cls(sides["blue"], sides["green"], vpc_id, tuple(subnet_ids))
-
-
-def instance_type_fits(instance_type: str, virtualization: Virtualization) -> bool:
-    """Whether EC2 can boot an image of ``virtualization`` on ``instance_type``.
-
-    Every instance type runs HVM images; paravirtual ones run only on the PV-capable previous
-    generation families.
-    """
-    if virtualization == "hvm":
-        return True
-    return instance_type.split(".", 1)[0] in PV_FAMILIES
-
-
-def check_instance_type(instance_type: str, virtualization: Virtualization) -> None:
-    """Raise a one-line :class:`ConfigError` when ``instance_type`` cannot boot the image."""
-    if not instance_type_fits(instance_type, virtualization):
-        raise ConfigError(
-            f'deploy.instance_type: "{instance_type}" cannot boot {virtualization} images '
-            f"(only the {', '.join(f.upper() for f in PV_FAMILIES)} families run paravirtual guests)",
-            hint='use a PV-capable type, e.g. --set deploy.instance_type="m3.medium"',
-        )

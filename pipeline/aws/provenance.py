@@ -33,13 +33,7 @@ def git_state(root: Path) -> GitState:
 
 def identity(app: str, env: str, target: str, virtualization: str) -> dict[str, str]:
     """The tags that make images and snapshots comparable: same app, environment, target, disk kind."""
-    return {
-        T.MANAGED: T.MANAGED_BY,
-        T.APP: app,
-        T.ENV: env,
-        T.TARGET: target,
-        T.VIRTUALIZATION: virtualization,
-    }
+    return T.scope(app, env, {T.TARGET: target, T.VIRTUALIZATION: virtualization})
 
 
 def image_tags(manifest: Mapping[str, Any], disk: Mapping[str, Any], git: GitState) -> dict[str, str]:

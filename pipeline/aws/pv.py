@@ -30,25 +30,57 @@ PV_REGIONS = (
     "sa-east-1",
     "us-gov-west-1",
 )
-# Instance families that launch PV AMIs (AWS EC2 user guide, "Virtualization types").
-PV_FAMILIES = ("c1", "c3", "m1", "m2", "m3", "t1")
+# The instance types that launch PV AMIs: the previous-generation C1, C3, M1, M2, M3 and T1 families
+# (AWS EC2 user guide, "Virtualization types" and "Previous generation instances"). The pipeline's
+# checks and the stack template's rule for PV colours are both made from this list.
+PV_INSTANCE_TYPES = (
+    "c1.medium",
+    "c1.xlarge",
+    "c3.large",
+    "c3.xlarge",
+    "c3.2xlarge",
+    "c3.4xlarge",
+    "c3.8xlarge",
+    "m1.small",
+    "m1.medium",
+    "m1.large",
+    "m1.xlarge",
+    "m2.xlarge",
+    "m2.2xlarge",
+    "m2.4xlarge",
+    "m3.medium",
+    "m3.large",
+    "m3.xlarge",
+    "m3.2xlarge",
+    "t1.micro",
+)
+PV_FAMILIES = tuple(dict.fromkeys(t.split(".", 1)[0] for t in PV_INSTANCE_TYPES))
 AKI_NAME_PATTERN = "pv-grub-hd0_*"
 
 
-def family(instance_type: str) -> str:
-    return instance_type.split(".", 1)[0].lower()
-
-
 def is_pv_instance_type(instance_type: str) -> bool:
-    return family(instance_type) in PV_FAMILIES
+    return instance_type.lower() in PV_INSTANCE_TYPES
 
 
-def check_instance_type(instance_type: str, where: str = "pipeline.toml: deploy.instance_type") -> None:
-    """Refuse a PV image for an instance type that cannot launch one."""
-    if not is_pv_instance_type(instance_type):
+def instance_type_fits(instance_type: str, virtualization: str) -> bool:
+    """Whether EC2 can boot an image of ``virtualization`` ("hvm" or "pv") on ``instance_type``."""
+    return virtualization == "hvm" or is_pv_instance_type(instance_type)
+
+
+def families() -> str:
+    """The PV families for messages: "C1, C3, M1, M2, M3 and T1"."""
+    names = [f.upper() for f in PV_FAMILIES]
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def check_instance_type(
+    instance_type: str, virtualization: str = "pv", where: str = "pipeline.toml: deploy.instance_type"
+) -> None:
+    """Refuse an instance type that cannot boot an image of ``virtualization`` (one line, with a hint)."""
+    if not instance_type_fits(instance_type, virtualization):
         raise ConfigError(
-            f'{where}: a paravirtual (PV) image cannot run on "{instance_type}"; '
-            f"PV needs a previous-generation family: {', '.join(PV_FAMILIES)}",
+            f'{where}: "{instance_type}" cannot boot paravirtual (PV) images; PV runs only on '
+            f"previous-generation types of the {families()} families",
             hint='use e.g. instance_type = "m3.medium", or deploy.virtualization = "hvm" (beam target)',
         )
 

@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from pipeline.aws.params import COLORS, Color, Release, Side, StackState
+from pipeline.aws.params import Release, Side, StackState
+from pipeline.aws.tags import COLORS, Color
 
 StepKind = Literal["update", "wait_healthy", "bake", "retain"]
 

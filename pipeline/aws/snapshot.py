@@ -40,6 +40,7 @@ from rich.text import Text
 
 from pipeline import ui
 from pipeline.aws import tags as T
+from pipeline.aws.calls import describe, error_code
 from pipeline.aws.delta import UploadPlan, block_checksum, describe_snapshots
 from pipeline.aws.wait import poll
 from pipeline.blocks import BLOCK_SIZE
@@ -127,8 +128,9 @@ class Uploader:
             except PipelineError:
                 raise
             except ClientError as err:
-                raise AwsError(
-                    f"upload of {p.image.name} into {snapshot_id} failed: {_describe(err)}",
+                raise describe(
+                    err,
+                    f"upload of {p.image.name} into {snapshot_id}",
                     hint="run the same command again: it resumes the upload (invoke gc removes leftovers)",
                 ) from err
             self._complete(p, snapshot_id)
@@ -166,7 +168,7 @@ class Uploader:
     def _start(self, p: UploadPlan, salt: str = "") -> str:
         kwargs: dict[str, Any] = {
             "VolumeSize": p.volume_gib,
-            "Tags": T.tag_list({**p.tags, T.UPLOAD: T.UPLOAD_INCOMPLETE, T.PARENT_SNAPSHOT: p.parent_id}),
+            "Tags": T.to_aws({**p.tags, T.UPLOAD: T.UPLOAD_INCOMPLETE, T.PARENT_SNAPSHOT: p.parent_id}),
             "Description": p.description,
             "ClientToken": p.client_token(salt),
             "Timeout": PENDING_TIMEOUT_MINUTES,
@@ -187,7 +189,7 @@ class Uploader:
         try:
             found = self.ec2.describe_snapshots(SnapshotIds=[snapshot_id]).get("Snapshots", [])
         except ClientError as err:
-            if _code(err) == "InvalidSnapshot.NotFound":
+            if error_code(err) == "InvalidSnapshot.NotFound":
                 return
             raise
         if not found or not T.managed(T.from_aws(found[0].get("Tags"))):
@@ -229,7 +231,7 @@ class Uploader:
                 self._put(p, snapshot_id, fd, job)
                 return True
             except ClientError as err:
-                code = _code(err)
+                code = error_code(err)
                 if resumed and code in NOT_WRITABLE_CODES:
                     log.info("interrupted upload %s cannot be resumed (%s)", snapshot_id, code)
                     return False
@@ -295,7 +297,7 @@ class Uploader:
         wait_completed(self.ec2, snapshot_id, sleep=self.sleep, clock=self.clock)
         self.ec2.create_tags(
             Resources=[snapshot_id],
-            Tags=T.tag_list({T.UPLOAD: T.UPLOAD_COMPLETE, T.SNAPSHOT_CHECKSUM: p.checksum()}),
+            Tags=T.to_aws({T.UPLOAD: T.UPLOAD_COMPLETE, T.SNAPSHOT_CHECKSUM: p.checksum()}),
         )
         log.info("snapshot %s completed", snapshot_id)
 
@@ -399,15 +401,6 @@ def _raise_first(done: set[Future[int]]) -> None:
 
 def _nothing() -> None:
     return None
-
-
-def _code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
-
-
-def _describe(err: ClientError) -> str:
-    e = err.response.get("Error", {})
-    return f"{e.get('Code', '?')}: {e.get('Message', '')}".strip()
 
 
 class _Blocks(ProgressColumn):

@@ -54,8 +54,8 @@ from troposphere import (
 from troposphere import autoscaling as asg
 from troposphere import elasticloadbalancingv2 as elb
 
-from pipeline.aws import tags
-from pipeline.aws.params import COLORS, PV_FAMILIES, PV_INSTANCE_TYPES, Color
+from pipeline.aws import pv, tags
+from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
 from pipeline.images.devices import scratch_device
 from pipeline.manifest import write_atomic
@@ -118,7 +118,7 @@ def blueprint(p: StackParams) -> Template:
     t = Template(
         Description=f"{p.app} ({p.env}): blue/green {p.target} unikernel instances behind one load balancer"
     )
-    common = {tags.MANAGED: tags.MANAGED_BY, tags.APP: p.app, tags.ENV: p.env, tags.TARGET: p.target}
+    common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
     color_params = {color: _color_parameters(t, color) for color in COLORS}
     vpc, subnets = _network(t, p, common)
@@ -305,9 +305,9 @@ def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
             "RuleCondition": Equals(Ref(out["Virtualization"]), "pv"),
             "Assertions": [
                 {
-                    "Assert": {"Fn::Contains": [list(PV_INSTANCE_TYPES), Ref(out["InstanceType"])]},
+                    "Assert": {"Fn::Contains": [list(pv.PV_INSTANCE_TYPES), Ref(out["InstanceType"])]},
                     "AssertDescription": f"a paravirtual {color} image needs a PV-capable instance type "
-                    f"({', '.join(f.upper() for f in PV_FAMILIES)} families)",
+                    f"({pv.families()} families)",
                 }
             ],
         },
@@ -437,6 +437,8 @@ def _color_resources(
                             VolumeSize=p.scratch_size_gib,
                             VolumeType="gp3",
                             DeleteOnTermination=True,
+                            # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a PV
+                            # scratch volume follows the account's default encryption instead.
                             Encrypted=If(is_pv, NoValue, True),
                         ),
                     )

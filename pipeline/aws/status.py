@@ -6,11 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, tags
-from pipeline.aws.deployment import Deployment, Runtime, aws_errors
+from pipeline.aws import cfn, gc
+from pipeline.aws.calls import one_line_errors
+from pipeline.aws.deployment import Deployment, Runtime
+from pipeline.aws.gc import GcPlan
 from pipeline.aws.health import HealthSource, Target
-from pipeline.aws.params import COLORS, Color
 from pipeline.aws.session import Clients
+from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
 from pipeline.errors import DeployError
 
@@ -61,7 +63,7 @@ class Status:
         }
 
 
-@aws_errors("status")
+@one_line_errors("status")
 def status(settings: Settings, clients: Clients, health: HealthSource | None = None) -> Status | None:
     """The stack's colours, releases, capacities, weights and target health; None if there is none."""
     d = Deployment(settings, clients, Runtime(health=health))
@@ -145,22 +147,21 @@ def _health_summary(targets: tuple[Target, ...]) -> str:
 class Destroyed:
     stack: str
     deleted: bool
-    images: tuple[str, ...]  # AMIs of this app and env that gc could now remove
+    collectable: GcPlan | None  # what gc could remove now (None in a dry run: the stack is still there)
 
 
-@aws_errors("destroy")
+@one_line_errors("destroy")
 def destroy(
     settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
 ) -> Destroyed:
-    """Delete the stack (after confirmation) and list the AMIs that no longer serve it. The AMIs
-    themselves are left for gc."""
+    """Delete the stack (after confirmation), then plan what gc could remove now that no stack uses
+    the images (``gc.plan``: reads only). The AMIs themselves are left for ``invoke gc``."""
     runtime = runtime or Runtime()
     d = Deployment(settings, clients, runtime)
     info = d.read()
-    images = _app_images(clients, settings, info)
     if info is None:
         ui.say(f"stack {d.name} does not exist: nothing to delete")
-        return Destroyed(d.name, False, images)
+        return Destroyed(d.name, False, gc.plan(clients, settings))
     if info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
         raise DeployError(
             f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
@@ -170,7 +171,7 @@ def destroy(
         f"stack {d.name} ({info.status}) and everything in it would be deleted: {info.outputs.get('Url', '')}"
     )
     if dry_run:
-        return Destroyed(d.name, False, images)
+        return Destroyed(d.name, False, None)
     if not runtime.confirm(f"delete stack {d.name} and all its instances?"):
         raise DeployError(
             "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
@@ -179,20 +180,4 @@ def destroy(
     cfn.delete(d.cf, info.stack_id)
     cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
     ui.done(f"stack {d.name} deleted")
-    return Destroyed(d.name, True, images)
-
-
-def _app_images(clients: Clients, settings: Settings, info: cfn.StackInfo | None) -> tuple[str, ...]:
-    """The app/env's AMIs (by the pipeline's tags) plus any the stack's parameters name."""
-    resp = clients.ec2().describe_images(
-        Owners=["self"],
-        Filters=[
-            {"Name": f"tag:{tags.MANAGED}", "Values": [tags.MANAGED_BY]},
-            {"Name": f"tag:{tags.APP}", "Values": [settings.app.name]},
-            {"Name": f"tag:{tags.ENV}", "Values": [settings.env]},
-        ],
-    )
-    found = {i["ImageId"] for i in resp["Images"]}
-    if info is not None:
-        found |= {v for k, v in info.parameters.items() if k.endswith("ImageId")}
-    return tuple(sorted(found))
+    return Destroyed(d.name, True, gc.plan(clients, settings))

@@ -44,7 +44,8 @@ UPLOAD_INCOMPLETE = "incomplete"
 UPLOAD_COMPLETE = "complete"
 NO_PARENT = "none"
 
-Color = Literal["blue", "green"]
+Color = Literal["blue", "green"]  # the two sides of a blue/green stack
+COLORS: tuple[Color, Color] = ("blue", "green")
 
 
 def image_name(app: str, env: str, target: str, virtualization: str, build_id: str) -> str:
@@ -57,13 +58,14 @@ def stack_name(app: str, env: str) -> str:
     return f"{app}-{env}".replace("_", "-")
 
 
-def to_aws(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    """``{"K": "V"}`` -> ``[{"Key": "K", "Value": "V"}]``, sorted by key."""
-    return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+def scope(app: str, env: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The tags of everything the pipeline makes for one app and environment (``ManagedBy``, ``App``,
+    ``Env``), and ``extra``: the scope in which images, snapshots and stacks are selected."""
+    return {MANAGED: MANAGED_BY, APP: app, ENV: env, **(extra or {})}
 
 
-def tag_list(tags: Mapping[str, str]) -> list[TagTypeDef]:
-    """Like :func:`to_aws`, typed for the EC2 and EBS clients."""
+def to_aws(tags: Mapping[str, str]) -> list[TagTypeDef]:
+    """``{"K": "V"}`` -> ``[{"Key": "K", "Value": "V"}]``, sorted by key (EC2, EBS and CloudFormation)."""
     return [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
 
 

@@ -4,6 +4,9 @@ Run as ``python -m pipeline.local.moto_app --port P --state DIR`` (``server.ensu
 
 What it adds to a plain moto server:
 
+- **CloudFormation's full life cycle.** moto cannot delete some resources a stack made (its route
+  tables); ``cfn_fixes.apply`` gives them the delete CloudFormation performs on AWS, before the journal
+  is replayed (a replayed DeleteStack must succeed as it did) and for good (``/moto-api/reset`` keeps it).
 - **Amazon's images.** On start (and after ``/moto-api/reset``) the PV-GRUB AKIs of the PV regions
   are added as Amazon-owned images (``amazon_images.seed``), so the pipeline finds them as on AWS.
 - **State that survives a restart.** moto keeps everything in memory. Every request that changes
@@ -42,7 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from pipeline.local import amazon_images
+from pipeline.local import amazon_images, cfn_fixes
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +230,7 @@ class LocalAws:
         """Seed Amazon's images and replay the journal (before the server accepts requests)."""
         global _frozen_now
         _install_replay_clock()
+        cfn_fixes.apply()  # patches moto's classes, so it outlives a reset
         entries = self.journal.load()
         self._prime()
         from werkzeug.test import EnvironBuilder

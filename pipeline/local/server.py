@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
+from pipeline.aws.wait import poll
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.local.moto_app import BLOBS, JOURNAL, STATUS_PATH
@@ -79,19 +80,31 @@ def ensure_running(
     )
     log_file.close()
     (directory / "server.json").write_text(json.dumps({"pid": proc.pid, "port": settings.local.port}))
-    deadline = clock() + START_TIMEOUT
-    while clock() < deadline:
+
+    def answers() -> str | None:
         if proc.poll() is not None:
             raise PipelineError(
                 f"local AWS: the server exited with status {proc.returncode} on start",
                 hint=f"see {directory / 'moto.log'}; is port {settings.local.port} taken? set local.port",
             )
-        if _check_owner(url, directory, settings.local.port):
-            log.info("local AWS started at %s (pid %d)", url, proc.pid)
-            return url
-        sleep(0.2)
-    stop(settings)
-    raise PipelineError(f"local AWS: no answer on {url} within {START_TIMEOUT:g}s", hint="see moto.log")
+        return url if _check_owner(url, directory, settings.local.port) else None
+
+    def gave_up() -> PipelineError:
+        stop(settings)
+        return PipelineError(f"local AWS: no answer on {url} within {START_TIMEOUT:g}s", hint="see moto.log")
+
+    poll(
+        answers,
+        what="local AWS",
+        timeout=START_TIMEOUT,
+        sleep=sleep,
+        clock=clock,
+        first=0.2,
+        most=0.2,
+        expired=gave_up,
+    )
+    log.info("local AWS started at %s (pid %d)", url, proc.pid)
+    return url
 
 
 def stop(
