@@ -116,7 +116,7 @@ class Deployment:
             return
         from pipeline.local import control
 
-        control.check_listener(self.settings, self.url())
+        control.check_listener(self.settings, self.info.outputs.get("Url", "") if self.info else "")
         control.check_room(self.settings, new_instances)
 
     def live_template_differs(self) -> bool:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import http
 import logging
 import threading
 import time
@@ -59,6 +60,7 @@ HOP_BY_HOP = {
     b"content-length",
 }
 USER_AGENT = b"ELB-HealthChecker/2.0"
+_KNOWN = {s.value for s in http.HTTPStatus}
 
 
 class Balancer:
@@ -384,7 +386,8 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, event: Any) 
 async def _send_fixed(conn: h11.Connection, writer: asyncio.StreamWriter, fixed: Fixed) -> None:
     body = fixed.body.encode()
     headers = [(b"Content-Type", fixed.content_type.encode()), (b"Content-Length", str(len(body)).encode())]
-    await _send(conn, writer, h11.Response(status_code=fixed.status, headers=headers))
+    reason = http.HTTPStatus(fixed.status).phrase.encode() if fixed.status in _KNOWN else b""
+    await _send(conn, writer, h11.Response(status_code=fixed.status, headers=headers, reason=reason))
     if body:
         await _send(conn, writer, h11.Data(data=body))
     await _send(conn, writer, h11.EndOfMessage())

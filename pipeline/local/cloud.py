@@ -371,7 +371,10 @@ class LocalCloud:
             with self._vms_lock:
                 item = self.vms.pop(instance_id, None)
             if item is not None:
-                item.vm.stop(grace=grace)
+                machine = self.registry.get(instance_id)
+                # A guest that never answered runs no app to stop cleanly (and may ignore the button).
+                answered = machine is not None and machine.health.answered
+                item.vm.stop(grace=grace if answered else 0)
                 self._keep_log(instance_id, item.machine_dir)
                 shutil.rmtree(item.machine_dir, ignore_errors=True)
             else:
