@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.aws import tags as T
 from pipeline.blocks import BLOCK_SIZE, GIB
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, ToolFailed
 from pipeline.proc import run
 
 if TYPE_CHECKING:
@@ -202,7 +202,13 @@ def pe_sections(data: bytes) -> dict[str, bytes]:
 
 def esp_offset(disk: Path) -> int:
     """Byte offset of the EFI system partition of a GPT disk image."""
-    table = json.loads(run(["sfdisk", "--json", str(disk)], what="sfdisk").stdout)["partitiontable"]
+    try:
+        table = json.loads(run(["sfdisk", "--json", str(disk)], what="sfdisk").stdout)["partitiontable"]
+    except ToolFailed as err:
+        raise ImageError(
+            f"{disk.name}: no partition table ({err.message})",
+            hint="only hvm-uefi disks boot in the local cloud",
+        ) from err
     sector = int(table.get("sectorsize", 512))
     for part in table.get("partitions", []):
         if str(part.get("type", "")).upper() == ESP_TYPE:
