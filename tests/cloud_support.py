@@ -25,7 +25,8 @@ class Answer:
 
 @dataclass
 class LoadLoop:
-    """``GET path`` on ``url`` every ``interval`` seconds until stopped, ``max_requests`` or ``max_seconds``."""
+    """``GET path`` on ``url`` every ``interval`` seconds until stopped, or ``max_requests``, or
+    ``max_seconds``."""
 
     url: str
     path: str = "/"

@@ -85,7 +85,9 @@ def lb() -> Iterator[tuple[Balancer, Registry, dict[str, Target], int]]:
     targets = {name: Target(name) for name in ("i-blue", "i-green")}
     for name, t in targets.items():
         registry.add(Machine(name, "us-east-1", "g", name[2:], "b", "ami", FAST))
-        registry.update(name, lambda m, port=t.port: (setattr(m, "phase", "running"), setattr(m, "host_port", port)))
+        registry.update(
+            name, lambda m, port=t.port: (setattr(m, "phase", "running"), setattr(m, "host_port", port))
+        )
         registry.observe(name, 200, "")
     port = _free_port()
     balancer.configure([_at(listener(100, 0), port)], {BLUE: ("i-blue",), GREEN: ("i-green",)})
@@ -107,7 +109,9 @@ def _at(lst, port):  # type: ignore[no-untyped-def]
     return replace(lst, port=port)
 
 
-def fetch(port: int, path: str = "/", method: str = "GET", body: bytes | None = None, **headers: str) -> tuple[int, str]:
+def fetch(
+    port: int, path: str = "/", method: str = "GET", body: bytes | None = None, **headers: str
+) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
         conn.request(method, path, body=body, headers={k.replace("_", "-"): v for k, v in headers.items()})
@@ -117,7 +121,9 @@ def fetch(port: int, path: str = "/", method: str = "GET", body: bytes | None = 
         conn.close()
 
 
-def test_traffic_follows_the_weights_and_the_colour_header(lb: tuple[Balancer, Registry, dict[str, Target], int]) -> None:
+def test_traffic_follows_the_weights_and_the_colour_header(
+    lb: tuple[Balancer, Registry, dict[str, Target], int],
+) -> None:
     balancer, _, targets, port = lb
     assert {fetch(port)[1] for _ in range(20)} == {"i-blue"}
     assert fetch(port, X_Pipeline_Color="green") == (200, "i-green")
@@ -130,7 +136,9 @@ def test_traffic_follows_the_weights_and_the_colour_header(lb: tuple[Balancer, R
     assert forwarded["X-Forwarded-For"] == "127.0.0.1" and forwarded["X-Forwarded-Port"] == str(port)
 
 
-def test_bodies_keep_alive_and_chunked_answers_are_relayed(lb: tuple[Balancer, Registry, dict[str, Target], int]) -> None:
+def test_bodies_keep_alive_and_chunked_answers_are_relayed(
+    lb: tuple[Balancer, Registry, dict[str, Target], int],
+) -> None:
     _, _, _, port = lb
     assert fetch(port, "/echo", method="POST", body=b"x" * 5000) == (200, "i-blue got 5000 bytes")
     assert fetch(port, "/chunked") == (200, "one two")
@@ -165,7 +173,9 @@ def test_a_draining_target_finishes_its_requests_and_gets_no_new_ones(
     assert registry.wait_idle("i-blue", 5) is True
 
 
-def test_without_a_routable_target_the_answer_is_503(lb: tuple[Balancer, Registry, dict[str, Target], int]) -> None:
+def test_without_a_routable_target_the_answer_is_503(
+    lb: tuple[Balancer, Registry, dict[str, Target], int],
+) -> None:
     _, registry, _, port = lb
     registry.drain("i-blue")
     assert fetch(port) == (503, "no healthy target")
@@ -175,9 +185,11 @@ def test_without_a_routable_target_the_answer_is_503(lb: tuple[Balancer, Registr
 def test_a_target_that_refuses_the_connection_is_given_up_for_another(
     lb: tuple[Balancer, Registry, dict[str, Target], int],
 ) -> None:
-    balancer, registry, targets, port = lb
+    balancer, registry, _, port = lb
     registry.add(Machine("i-gone", "us-east-1", "g", "blue", "b", "ami", FAST))
-    registry.update("i-gone", lambda m: (setattr(m, "phase", "running"), setattr(m, "host_port", _free_port())))
+    registry.update(
+        "i-gone", lambda m: (setattr(m, "phase", "running"), setattr(m, "host_port", _free_port()))
+    )
     registry.observe("i-gone", 200, "")
     balancer.configure([_at(listener(100, 0), port)], {BLUE: ("i-gone", "i-blue"), GREEN: ("i-green",)})
     assert [fetch(port) for _ in range(10)] == [(200, "i-blue")] * 10
@@ -213,7 +225,9 @@ def test_the_load_loop_sees_no_failure_while_the_weights_move(
     assert loop.answers[-1].body == "i-green"
 
 
-def test_a_port_another_program_holds_is_reported_not_fatal(lb: tuple[Balancer, Registry, dict[str, Target], int]) -> None:
+def test_a_port_another_program_holds_is_reported_not_fatal(
+    lb: tuple[Balancer, Registry, dict[str, Target], int],
+) -> None:
     balancer, _, _, port = lb
     import socket
 
@@ -222,7 +236,7 @@ def test_a_port_another_program_holds_is_reported_not_fatal(lb: tuple[Balancer, 
         taken.listen()
         other = taken.getsockname()[1]
         balancer.configure([_at(listener(100, 0), port), _at(listener(100, 0), other)], {BLUE: ("i-blue",)})
-        assert [e["error"] for e in balancer.status() if e["port"] == other][0].startswith(
+        assert next(e["error"] for e in balancer.status() if e["port"] == other).startswith(
             f"cannot listen on 127.0.0.1:{other}"
         )
     assert fetch(port) == (200, "i-blue")

@@ -51,11 +51,19 @@ def listener(blue: int, green: int) -> Listener:
         rules=(
             Rule(1, (condition_of(header[0]),), action_of([{"Type": "forward", "TargetGroupArn": BLUE}])),
             Rule(2, (condition_of(header[1]),), action_of([{"Type": "forward", "TargetGroupArn": GREEN}])),
-            Rule(10, (condition_of({"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}),),
-                 action_of([weighted])),
-        ),  # fmt: skip
+            Rule(
+                10,
+                (condition_of({"Field": "path-pattern", "PathPatternConfig": {"Values": ["/*"]}}),),
+                action_of([weighted]),
+            ),
+        ),
         default=action_of(
-            [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "503", "MessageBody": "no route"}}]
+            [
+                {
+                    "Type": "fixed-response",
+                    "FixedResponseConfig": {"StatusCode": "503", "MessageBody": "no route"},
+                }
+            ]
         ),
     )
 
@@ -88,7 +96,9 @@ def test_a_request_no_rule_matches_gets_the_default_action() -> None:
         (Condition("query-string", ("a=b",)), get("/?a=b"), False),  # not supported locally: no match
     ],
 )
-def test_conditions_match_as_an_alb_matches_them(condition: Condition, request_: Request, matched: bool) -> None:
+def test_conditions_match_as_an_alb_matches_them(
+    condition: Condition, request_: Request, matched: bool
+) -> None:
     from pipeline.local.routing import matches
 
     assert matches(condition, request_) is matched
@@ -97,11 +107,15 @@ def test_conditions_match_as_an_alb_matches_them(condition: Condition, request_:
 def test_weights_split_the_traffic_and_a_zero_weight_gets_none() -> None:
     members = {BLUE: ["i-b1", "i-b2"], GREEN: ["i-g1"]}
     chooser = Chooser(random.Random(7))
-    picks = Counter(chooser.choose(Forward(((BLUE, 90), (GREEN, 10))), members, lambda _t: True) for _ in range(5000))
+    picks = Counter(
+        chooser.choose(Forward(((BLUE, 90), (GREEN, 10))), members, lambda _t: True) for _ in range(5000)
+    )
     green_share = picks["i-g1"] / 5000
     assert 0.08 < green_share < 0.12
     assert abs(picks["i-b1"] - picks["i-b2"]) <= 1  # round robin inside a group
-    only_blue = {chooser.choose(Forward(((BLUE, 100), (GREEN, 0))), members, lambda _t: True) for _ in range(200)}
+    only_blue = {
+        chooser.choose(Forward(((BLUE, 100), (GREEN, 0))), members, lambda _t: True) for _ in range(200)
+    }
     assert only_blue == {"i-b1", "i-b2"}
 
 
@@ -109,10 +123,14 @@ def test_targets_that_are_not_routable_are_skipped_and_none_left_means_no_target
     members = {BLUE: ["i-b1"], GREEN: ["i-g1", "i-g2"]}
     chooser = Chooser(random.Random(1))
     routable = {"i-g2"}
-    picks = {chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, routable.__contains__) for _ in range(100)}
+    picks = {
+        chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, routable.__contains__) for _ in range(100)
+    }
     assert picks == {"i-g2"}  # blue has no routable target: its weight goes to green
     assert chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, lambda _t: False) is None
-    assert chooser.choose(Forward(((GREEN, 1),)), members, lambda _t: True, frozenset({"i-g1", "i-g2"})) is None
+    assert (
+        chooser.choose(Forward(((GREEN, 1),)), members, lambda _t: True, frozenset({"i-g1", "i-g2"})) is None
+    )
 
 
 # -- target health -----------------------------------------------------------------------------------------
@@ -200,7 +218,9 @@ def test_a_load_balancer_url_of_the_local_aws_maps_to_127_0_0_1_at_its_port() ->
 
 
 def test_the_cloud_takes_its_settings_from_local_and_round_trips_them() -> None:
-    s = config.load(env="dev", overrides=["local.boot=direct", "local.vm_memory_mb=512", "local.run_instances=false"])
+    s = config.load(
+        env="dev", overrides=["local.boot=direct", "local.vm_memory_mb=512", "local.run_instances=false"]
+    )
     cfg = control.CloudConfig.from_settings(s)
     assert cfg == control.CloudConfig(run_instances=False, boot="direct", vm_memory_mb=512)
     assert control.CloudConfig.from_json(cfg.to_json()) == cfg
@@ -209,5 +229,5 @@ def test_the_cloud_takes_its_settings_from_local_and_round_trips_them() -> None:
 def test_run_instances_must_be_a_boolean() -> None:
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="local.run_instances"):
+    with pytest.raises(ConfigError, match=r"local\.run_instances"):
         config.load(env="dev", overrides=['local.run_instances="sometimes"'])
