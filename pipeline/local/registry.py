@@ -157,6 +157,8 @@ class Machine:
             "health": self.health.state,
             "reason": reason,
             "description": description,
+            "started_at": self.started,
+            "healthy_at": self.healthy_at,
             "uptime": round(now - self.started, 1) if self.started else 0.0,
             "boot_seconds": round(self.healthy_at - self.started, 1)
             if self.healthy_at and self.started
