@@ -11,9 +11,13 @@ import http.client
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,3 +139,14 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def until(what: str, check: Callable[[], T], timeout: float = 120.0, every: float = 0.25) -> T:
+    """Poll ``check`` until it returns something true (returned), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(every)

@@ -10,10 +10,8 @@ finds nothing to boot, so each VM is a real QEMU process that never answers HTTP
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +21,7 @@ from synthetic import make_build
 from pipeline.aws import ami, provenance
 from pipeline.aws import tags as T
 from pipeline.local import control, memory
-from tests.cloud_support import alive, qemu_processes
+from tests.cloud_support import alive, qemu_processes, until
 
 pytestmark = pytest.mark.slow
 GIT = provenance.GitState("89abcdef0123456789abcdef0123456789abcdef", "false")
@@ -36,16 +34,6 @@ def cloud(aws: LocalAws, **config: Any) -> dict[str, Any]:
     with urllib.request.urlopen(req, timeout=10) as resp:
         data: dict[str, Any] = json.loads(resp.read())
         return data
-
-
-def until(what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.25)
 
 
 class Group:
