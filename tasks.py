@@ -494,7 +494,52 @@ def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None
         ui.result(iam.policy_json(load(env, set_), account))
 
 
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "disk": "boot this raw PV disk image instead of the current build's pv disk",
+        "no_validate": "boot even if the pre-boot check rejects the disk (to see what the loader says)",
+        "json": "print the result as JSON",
+    },
+)
+def xen_check(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    disk: str | None = None,
+    no_validate: bool = False,
+    json: bool = False,
+) -> None:
+    """Boot the build's PV disk as a Xen PV guest (Xen in QEMU) and GET /health and /version from it."""
+    from pathlib import Path
+
+    from pipeline.xen import check
+    from pipeline.xen.machine import XenCheckFailed
+
+    with failures():
+        s = load(env, set_)
+        ui.say("xen.check: Xen in QEMU, the pv disk booted through the PV-GRUB-compatible loader")
+        try:
+            result = check.check(
+                s, Path(disk).resolve() if disk else None, say=ui.say, validate=not no_validate
+            )
+        except XenCheckFailed as err:
+            for line in err.excerpt:
+                ui.say(f"  | {line}")
+            raise
+        for r in result.guest.responses:
+            ui.say(f"  GET {r.path} -> {r.status} {r.body.strip()[:200]}")
+        ui.done(f"PV guest answered in {result.total:.1f}s total")
+        if json:
+            ui.result(result.record())
+
+
+xen = Collection("xen")
+xen.add_task(xen_check, name="check")
+
 ns = Collection(
     build, run, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test
 )
 ns.add_collection(local)
+ns.add_collection(xen)

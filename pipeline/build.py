@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 
 PACKAGE_DIR = Path(pipeline.__file__).parent
 # The pipeline's own code that shapes build outputs: changing it must change the build id.
-BUILDER_PATTERNS = ("build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py")
+BUILDER_PATTERNS = (
+    "build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py", "xen/pvkernel.py",
+)  # fmt: skip
 APP_PATTERNS = ("src/**/*", "include/**/*", "priv/**/*", "rebar.config")
 # Outputs listed by their target with their own digests (large disk images are not hashed twice).
 SELF_DESCRIBED_DIRS = ("disks/",)
@@ -92,7 +94,8 @@ def plan(settings: Settings) -> BuildPlan:
     inputs = {
         "schema": SCHEMA,
         "sources": tree_digests(settings.app_dir, settings.root, APP_PATTERNS),
-        "templates": tree_digests(settings.root / "templates", settings.root, ("**/*.j2",)),
+        # Only the templates baked into images; templates/xen/ belongs to the local Xen test host.
+        "templates": tree_digests(settings.root / "templates", settings.root, ("*.j2",)),
         "builder": tree_digests(PACKAGE_DIR, PACKAGE_DIR, BUILDER_PATTERNS),
         "recipe": target.input_files(settings),
         "settings": {"env": settings.env, "app": asdict(settings.app), "image": asdict(settings.image)},

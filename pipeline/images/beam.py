@@ -33,6 +33,7 @@ from pipeline.images import BuildContext, debs, disk, initramfs, kmod, recipe, r
 from pipeline.images.recipe import Recipe
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.proc import run
+from pipeline.xen import pvkernel
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,10 @@ def _disk(
             "cmdline": line,
         },
     )
-    disk.pv_disk(image, {"/boot/vmlinuz": kernel, "/boot/initrd.img": initrd}, menu)
+    # PV-GRUB cannot read every kernel packing (Debian's cloud kernel is an LZ4 bzImage).
+    pv_kernel = work / "vmlinuz.pv-grub"
+    pv_kernel.write_bytes(pvkernel.for_pv_grub(kernel.read_bytes()))
+    disk.pv_disk(image, {"/boot/vmlinuz": pv_kernel, "/boot/initrd.img": initrd}, menu)
     return describe(ctx.out, image, spec.name, "pv", "pv-grub")
 
 
