@@ -308,20 +308,42 @@ def test(c: Context, fast: bool = False) -> None:
     help={**COMMON_HELP, "wipe": "also forget the local AWS's state (its journal of requests)"},
 )
 def local_down(c: Context, env: str | None = None, set_: list[str] | None = None, wipe: bool = False) -> None:
-    """Stop the embedded local AWS of this checkout (its state is kept unless --wipe)."""
-    from pipeline.local import server
+    """Stop the local AWS of this checkout, its VMs and its load balancer (state kept unless --wipe)."""
+    from pipeline.local import control, server
 
     with failures():
         s = load(env, set_)
+        state = control.status(s) or {}
+        vms = sum(1 for m in state.get("machines", []) if m.get("pid"))
         was = server.stop(s, wipe=wipe)
         ui.done(
-            ("stopped the local AWS" if was else "the local AWS was not running")
+            (
+                f"stopped the local AWS, its load balancer and {vms} VM(s)"
+                if was
+                else "the local AWS was not running"
+            )
             + (", state wiped" if wipe else "")
         )
 
 
+@task(name="status", iterable=["set_"], help={**COMMON_HELP, "json": "print the state as JSON on stdout"})
+def local_status(
+    c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False
+) -> None:
+    """The local cloud: its VMs (instance, colour, build, port, health, uptime) and listeners."""
+    from pipeline.local import control
+
+    with failures():
+        s = load(env, set_)
+        state = control.status(s)
+        control.show_status(state, s)
+        if json:
+            ui.result(state)
+
+
 local = Collection("local")
 local.add_task(local_down)
+local.add_task(local_status)
 
 
 # -- deploy and its companions -----------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class LocalSettings:
     vm_memory_mb: int = check("integer 64-8192", _between(64, 8192), 256)
     capacity: int = check("integer 1-8", _between(1, 8), 1)
     boot: Literal["uefi", "direct"] = "uefi"
+    run_instances: bool = True  # false: instances exist only in the local AWS (no VMs, health faked)
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -24,7 +24,13 @@ def project(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
     """A project copy whose local AWS listens on a free port (stopped at the end)."""
     root = copy_project(tmp_path / "proj")
     port = free_port()
-    overrides = [f"local.port={port}", "deploy.bake_seconds=0", "deploy.retention_seconds=0"]
+    # The AMIs are the ami stage's stand-ins (no disk behind them): the local cloud runs no VMs here.
+    overrides = [
+        f"local.port={port}",
+        "deploy.bake_seconds=0",
+        "deploy.retention_seconds=0",
+        "local.run_instances=false",
+    ]
     settings = config.load(root, env="dev", overrides=overrides)
     try:
         yield root, [arg for o in overrides for arg in ("--set", o)]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pipeline import build, ui
 from pipeline.aws import ami, cfn, pv, rollout, stack
 from pipeline.aws.calls import one_line_errors
-from pipeline.aws.deployment import Deployment, Runtime
+from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.params import Release, StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
@@ -102,7 +102,7 @@ def deploy(
             f"green {current.green.weight}%): an earlier rollout did not finish",
             hint="choose where it goes first: invoke rollback --to blue (or green)",
         )
-    url = info.outputs.get("Url", "")
+    url = d.url(info)
     if current.side(live).release == release:
         if not d.live_template_differs():
             ui.done(f"build {bid} ({release.image_id}) is already live on {live}: nothing to do")
@@ -115,7 +115,7 @@ def deploy(
         current,
         target,
         release,
-        deploy_cfg.capacity,
+        capacity(settings),
         deploy_cfg.weight_steps,
         deploy_cfg.bake_seconds,
         deploy_cfg.retention_seconds,
@@ -123,6 +123,7 @@ def deploy(
     _show_plan(d, current, steps, f"plan-{bid}")
     if dry_run:
         return Outcome("planned", d.name, live, bid, release.image_id, url)
+    d.preflight(capacity(settings))
     if not runtime.confirm(f"roll build {bid} out to {target} on stack {d.name}?"):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
     d.run(current, target, steps)
@@ -132,7 +133,7 @@ def deploy(
 
 def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run: bool) -> Outcome:
     s = d.settings
-    state = rollout.first_state(release, s.deploy.capacity, s.deploy.vpc_id, s.deploy.subnet_ids)
+    state = rollout.first_state(release, capacity(s), s.deploy.vpc_id, s.deploy.subnet_ids)
     summary = stack.template_summary(d.template)
     ui.table(
         f"plan: create stack {d.name} with build {release.build_id} live on blue",
@@ -143,6 +144,7 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
         return Outcome("planned", d.name, None, release.build_id, release.image_id)
     # No question here: a new stack replaces no release, and the first ``invoke build ami deploy`` runs
     # unattended. Changing a live release (a later deploy, rollback, destroy) asks first.
+    d.preflight(capacity(s))
     if info is not None:  # REVIEW_IN_PROGRESS: an empty stack left by a change set; it holds nothing
         cfn.delete(d.cf, info.stack_id)
         cfn.wait(d.cf, info.stack_id, d.events(info.stack_id), d.waiter, "delete of the empty stack")
@@ -154,7 +156,7 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
             f"stack {d.name} was created but the first release is not healthy: {err}",
             hint="there is no earlier release to return to; fix the build and deploy again (or destroy)",
         ) from err
-    url = d.info.outputs.get("Url", "") if d.info else ""
+    url = d.url()
     ui.done(f"build {release.build_id} is live on blue ({release.image_id}) at {url}")
     return Outcome("created", d.name, "blue", release.build_id, release.image_id, url)
 
@@ -164,7 +166,7 @@ def _update_template(
 ) -> Outcome:
     """The release is live but the stack's shape changed (settings such as the allowed networks)."""
     _show_changes(d, current, f"plan-{release.build_id}-template", "the stack's template changed")
-    url = d.info.outputs.get("Url", "") if d.info else ""
+    url = d.url()
     if dry_run:
         return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
     if not d.runtime.confirm(f"update the template of stack {d.name}?"):
@@ -229,7 +231,7 @@ def rollback(
         )
     target = to or opposite(live or "blue")
     release = current.side(target).release
-    url = info.outputs.get("Url", "")
+    url = d.url(info)
     if target == live:
         ui.done(f"{target} already has all the traffic: nothing to do")
         return Outcome("unchanged", d.name, live, release.build_id, release.image_id, url)
@@ -243,11 +245,12 @@ def rollback(
     )
     s = settings.deploy
     steps = rollout.rollout_steps(
-        current, target, release, s.capacity, (100,), s.bake_seconds, s.retention_seconds
+        current, target, release, capacity(settings), (100,), s.bake_seconds, s.retention_seconds
     )
     _show_plan(d, current, steps, f"rollback-{release.build_id}")
     if dry_run:
         return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
+    d.preflight(capacity(settings))
     if not runtime.confirm(f"return stack {d.name} to build {release.build_id} on {target}?"):
         raise DeployError(
             "rollback not confirmed: nothing was changed", hint="pass --yes to skip the question"
@@ -334,7 +337,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     target = opposite(live)
     s = settings.deploy
     steps = rollout.rollout_steps(
-        current, target, release, s.capacity, s.weight_steps, s.bake_seconds, s.retention_seconds
+        current, target, release, capacity(settings), s.weight_steps, s.bake_seconds, s.retention_seconds
     )
     _show_plan(d, current, steps, f"plan-{bp.build_id}")
     out.append(

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
 from pipeline.aws import calls, cfn, rollout, stack, tags
-from pipeline.aws.health import AwsHealth, HealthGate, HealthSource, Subject
+from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.params import StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
@@ -26,6 +26,14 @@ from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
 
 log = logging.getLogger(__name__)
+
+LOCAL_POLL_SECONDS = 1.0  # the local cloud checks its targets every second (AWS: every 10 s)
+
+
+def capacity(settings: Settings) -> int:
+    """Instances per colour: ``deploy.capacity`` on AWS; ``local.capacity`` with the local AWS, whose
+    instances are VMs on this machine."""
+    return settings.local.capacity if settings.aws.endpoint == "local" else settings.deploy.capacity
 
 
 def _never(_question: str) -> bool:
@@ -76,6 +84,31 @@ class Deployment:
                 f"stack {self.name}: its parameters do not describe a blue/green release ({err})",
                 hint="was it made by another tool? remove it with invoke destroy or pick another env",
             ) from err
+
+    def local_cloud(self) -> bool:
+        """Whether the stack lives in the embedded local AWS (a server on this machine, not a moto a
+        test runs in-process), whose instances run as VMs behind the local load balancer."""
+        return self.settings.aws.endpoint == "local" and self.clients.endpoint_url is not None
+
+    def url(self, info: cfn.StackInfo | None = None) -> str:
+        """The app's address: the stack's ``Url`` output, or where the local load balancer answers it."""
+        info = info or self.info
+        url = info.outputs.get("Url", "") if info else ""
+        if url and self.local_cloud():
+            from pipeline.local.control import local_url
+
+            return local_url(url)
+        return url
+
+    def preflight(self, new_instances: int) -> None:
+        """Before a change that starts ``new_instances``: in the local cloud, refuse what this machine
+        cannot run (memory for the VMs, the listener's port)."""
+        if not self.local_cloud():
+            return
+        from pipeline.local import control
+
+        control.check_listener(self.settings, self.info.outputs.get("Url", "") if self.info else "")
+        control.check_room(self.settings, new_instances)
 
     def live_template_differs(self) -> bool:
         body = self.cf.get_template(StackName=self.name, TemplateStage="Original")["TemplateBody"]
@@ -134,11 +167,17 @@ class Deployment:
             return self.runtime.health
         outputs = self.info.outputs if self.info else {}
         probe_url = outputs.get("Url") if self.settings.aws.endpoint == "aws" else None
+        if self.local_cloud():
+            probe_url = self.url()  # the local load balancer
         return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url)
 
     def gate(self) -> HealthGate:
         return HealthGate(
-            self.source(), self.runtime.sleep, self.runtime.clock, lambda line: ui.say(f"  {line}")
+            self.source(),
+            self.runtime.sleep,
+            self.runtime.clock,
+            lambda line: ui.say(f"  {line}"),
+            poll=LOCAL_POLL_SECONDS if self.local_cloud() else POLL_SECONDS,
         )
 
     def subject(self, color: Color, state: StackState) -> Subject:

@@ -73,7 +73,7 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
     try:
         state = d.state(info)
     except DeployError:
-        return Status(d.name, info.status, info.outputs.get("Url", ""), None)
+        return Status(d.name, info.status, d.url(info), None)
     source = d.source()
     groups = [info.outputs.get(f"{c.capitalize()}ServerGroupName", "") for c in COLORS]
     members: dict[str, set[str]] = {}
@@ -104,7 +104,7 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
                 targets=targets,
             )
         )
-    return Status(d.name, info.status, info.outputs.get("Url", ""), state.live, tuple(rows))
+    return Status(d.name, info.status, d.url(info), state.live, tuple(rows))
 
 
 def show_status(st: Status | None, stack_name: str) -> None:
@@ -167,9 +167,7 @@ def destroy(
             f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
             hint="wait until it finishes (invoke status), then run invoke destroy again",
         )
-    ui.say(
-        f"stack {d.name} ({info.status}) and everything in it would be deleted: {info.outputs.get('Url', '')}"
-    )
+    ui.say(f"stack {d.name} ({info.status}) and everything in it would be deleted: {d.url(info)}")
     if dry_run:
         return Destroyed(d.name, False, None)
     if not runtime.confirm(f"delete stack {d.name} and all its instances?"):

@@ -23,6 +23,9 @@ What it adds to a plain moto server:
 - **Clear errors for what moto lacks.** An action moto does not implement answers HTTP 501 with error
   code ``NotImplemented`` instead of an HTML 500 page, so clients get a ClientError without retrying.
 - ``GET /_pipeline/local`` says which state directory this server belongs to.
+- **The local cloud** (``cloud.py``): threads beside the server that run the instances of the Auto
+  Scaling groups as QEMU VMs, report their real target health and serve the load balancers'
+  listeners on 127.0.0.1; ``/_pipeline/cloud`` is its control endpoint.
 """
 
 from __future__ import annotations
@@ -223,6 +226,10 @@ class LocalAws:
         self.lock = threading.Lock()  # moto is not written for concurrent requests; ids must replay
         self.replayed = 0
         self.replay_failures = 0
+        # Paths served by something else in this process (the local cloud's control endpoint), and
+        # what runs after a request that changed something (with the lock held, before the answer).
+        self.extensions: dict[str, WsgiApp] = {}
+        self.change_hooks: list[Callable[[dict[str, Any]], None]] = []
 
     # start-up
 
@@ -278,6 +285,8 @@ class LocalAws:
         path = str(environ.get("PATH_INFO", ""))
         if path == STATUS_PATH:
             return self._status(start_response)
+        if path in self.extensions:
+            return self.extensions[path](environ, start_response)
         body = _read_body(environ)
         with self.lock:
             if path.startswith("/moto-api/"):
@@ -307,6 +316,8 @@ class LocalAws:
             _frozen_now = None
         if mutating:
             self.journal.append(environ, body, at)
+            for hook in self.change_hooks:
+                hook(environ)
         return result
 
     def _call(self, environ: dict[str, Any], body: bytes) -> tuple[str, list[tuple[str, str]], list[bytes]]:
@@ -379,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--state", type=Path, required=True, help="directory of the journal")
+    parser.add_argument("--cloud", default="", help="settings of the local cloud (JSON; see cloud.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
@@ -386,17 +398,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from moto.moto_server.werkzeug_app import MotoRequestHandler
 
+    from pipeline.local.cloud import LocalCloud
+    from pipeline.local.control import PATH as CLOUD_PATH
+    from pipeline.local.control import CloudConfig
+
     app = LocalAws(args.state.resolve())
     app.start()
+    endpoint = f"http://{args.host}:{args.port}"
+    cloud = LocalCloud(app.state_dir, endpoint, app.lock, app.account_id, CloudConfig.from_json(args.cloud))
+    app.extensions[CLOUD_PATH] = cloud.handle
+    app.change_hooks.append(cloud.after_change)
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("local AWS on http://%s:%d, state in %s", args.host, args.port, args.state)
+    cloud.start()  # after the server listens: the cloud reads snapshot blocks through it
     try:
         server.serve_forever()
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         server.server_close()
+        cloud.stop()  # shuts the VMs down; the listening socket is closed first, so nobody waits on it
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@ The server (``pipeline.local.moto_app``) runs as a background process whose pid 
 ``.pipeline/local/server.json`` so later commands find it; ``invoke local.down`` stops it. Its state
 is journaled in ``.pipeline/local/`` and replayed when it starts again, so AMIs, snapshots and stacks
 outlive a restart; ``invoke local.down --wipe`` forgets them.
+
+The same process runs the local cloud (``cloud.py``: the instances as QEMU VMs, behind a local load
+balancer); every task hands it its ``local.*`` settings, and stopping the server stops its VMs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -27,6 +31,7 @@ import pipeline
 from pipeline.aws.wait import poll
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
+from pipeline.local.control import CloudConfig, configure
 from pipeline.local.moto_app import BLOBS, JOURNAL, STATUS_PATH
 
 log = logging.getLogger(__name__)
@@ -34,7 +39,9 @@ log = logging.getLogger(__name__)
 # seconds; moto imports its models (about 2 s here), then the journal is replayed (about 1 s per
 # thousand requests)
 START_TIMEOUT = 120.0
-STOP_TIMEOUT = 10.0
+# The local cloud shuts its VMs down before the server exits (the guests get 20 s after the power
+# button, in parallel).
+STOP_TIMEOUT = 60.0
 
 
 def state_dir(settings: Settings) -> Path:
@@ -61,7 +68,9 @@ def ensure_running(
     """Return the endpoint URL of the local AWS, starting the server first if it is not running."""
     url = endpoint(settings)
     directory = state_dir(settings)
+    cloud = CloudConfig.from_settings(settings)
     if _check_owner(url, directory, settings.local.port):
+        configure(url, cloud)  # the local cloud follows this task's local.* settings
         return url
     directory.mkdir(parents=True, exist_ok=True)
     log_file = (directory / "moto.log").open("ab")
@@ -71,7 +80,7 @@ def ensure_running(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     argv = [sys.executable, "-m", "pipeline.local.moto_app", "--port", str(settings.local.port)]
     proc = subprocess.Popen(
-        [*argv, "--state", str(directory.resolve())],
+        [*argv, "--state", str(directory.resolve()), "--cloud", cloud.to_json()],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -130,10 +139,15 @@ def stop(
         deadline = clock() + STOP_TIMEOUT
         while running and _alive(pid) and clock() < deadline:
             sleep(0.1)
+        if running and _alive(pid):
+            log.warning("local AWS (pid %d) did not stop within %.0fs; killing it", pid, STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)  # its VMs die with it (QEMU's parent-death signal)
         info_file.unlink(missing_ok=True)
     if wipe:
         (directory / JOURNAL).unlink(missing_ok=True)
         shutil.rmtree(directory / BLOBS, ignore_errors=True)
+        shutil.rmtree(directory / "cloud", ignore_errors=True)  # assembled disks, console logs
     return running
 
 
