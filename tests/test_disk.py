@@ -74,13 +74,54 @@ def test_pv_disk_rejects_a_menu_lst_naming_a_missing_file(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == ["i", "k"]  # nothing half-written
 
 
+def test_pv_disk_checks_menu_lst_with_the_pv_grub_rules(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    with pytest.raises(ImageError, match=r"menu.lst:4: entry 'test' boots from \(hd0,0\)"):
+        disk.pv_disk(tmp_path / "pv.img", files, MENU.replace("root (hd0)", "root (hd0,0)"))
+    with pytest.raises(ImageError, match=r"menu.lst:5: 'linux /boot/vmlinuz console=hvc0': 'linux' is not"):
+        disk.pv_disk(tmp_path / "pv.img", files, MENU.replace("kernel /boot", "linux /boot"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i", "k"]
+
+
+def test_pv_file_system_fits_its_content_in_one_block_group(tmp_path: Path) -> None:
+    """No backup superblocks or bitmaps spread over the disk: the data is one run at its start."""
+    image = disk.pv_disk(tmp_path / "pv.img", _files(tmp_path), MENU)
+    header = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in header.splitlines() if ":" in line)
+    assert int(fields["Block count"]) * int(fields["Block size"]) == disk.SIZE_STEP
+    assert int(fields["Block count"]) <= int(fields["Blocks per group"])
+    assert image.stat().st_size == GIB
+    assert sorted(scan(image).digests) == [0]  # 390 KB of files after the metadata: one 512 KiB block
+
+
+def test_a_seed_keeps_the_ids_when_the_content_changes(tmp_path: Path) -> None:
+    """Image targets pass a seed per app/env/target: a new release keeps the GUIDs and UUIDs."""
+    src = tmp_path / "boot.efi"
+    ids = []
+    for n, content in enumerate((b"one" * 1000, b"two" * 1000)):
+        src.write_bytes(content)
+        for seed in ("app|dev|beam", None):
+            image = disk.uefi_disk(tmp_path / f"u{n}{seed is None}.img", {"/EFI/BOOT/BOOTX64.EFI": src}, seed)
+            dump = subprocess.run(["sfdisk", "--dump", str(image)], capture_output=True, text=True).stdout
+            ids.append(
+                [
+                    line.split(",")[-2] if "uuid=" in line else line
+                    for line in dump.splitlines()
+                    if "label-id" in line or "uuid=" in line
+                ]
+            )
+    seeded_1, content_1, seeded_2, content_2 = ids
+    assert seeded_1 == seeded_2 and content_1 != content_2 and seeded_1 != content_1
+
+
 def test_uefi_disk_has_gpt_with_an_esp_holding_the_files(tmp_path: Path) -> None:
     (tmp_path / "boot.efi").write_bytes(os.urandom(200_000))
     image = disk.uefi_disk(tmp_path / "u.img", {"/EFI/BOOT/BOOTX64.EFI": tmp_path / "boot.efi"})
     assert image.stat().st_size == GIB
     table = subprocess.run(["sfdisk", "--dump", str(image)], capture_output=True, text=True).stdout
     assert "label: gpt" in table
-    assert f"start=        2048, size=      131072, type={disk.ESP_TYPE}" in table
+    # right after the primary GPT (4 KiB aligned), the smallest FAT32 in 4 MiB steps (36 MiB)
+    assert f"start=          40, size=       73728, type={disk.ESP_TYPE}" in table
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
     copy = tmp_path / "back.efi"
     subprocess.run(

@@ -124,14 +124,21 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
     host_libs = runtime.shared_libraries([Path(p) for p in HOST_PROGRAMS])
 
     templates = settings.root / "templates"
-    config = {"sys.config": ctx.config_dir / "sys.config", "vm.args": ctx.config_dir / "vm.args"}
-    write_atomic(config["vm.args"], render.render(templates, "vm.args.j2", ctx.template_context).encode())
+    vm_args = ctx.config_dir / "vm.args"
+    write_atomic(vm_args, render.render(templates, "vm.args.j2", ctx.template_context).encode())
     wanted = {a: f"{recipe.RECIPE}: otp.applications" for a in r.otp_applications}
     wanted.update({a: "pipeline.toml: image.extra_apps" for a in settings.image.extra_apps})
     tc = erlang.host_toolchain()
-    rt = runtime.assemble(tree, tc, ctx.app, wanted, r.otp_programs, config, work)
+    rt = runtime.assemble(tree, tc, ctx.app, wanted, r.otp_programs, work)
     for image_path, host_path in host_libs.items():
         tree.add_file(image_path, host_path)
+    # What changes with the configuration (the build id, env and settings baked in) goes into a
+    # second, small archive after the runtime's, so a configuration-only rebuild leaves the runtime
+    # archive, and its blocks on the disks, byte-identical.
+    baked = initramfs.Tree()
+    rel = runtime.release_dir(rt)
+    baked.add_file(f"{rel}/sys.config", ctx.config_dir / "sys.config", mode=0o644)
+    baked.add_file(f"{rel}/vm.args", vm_args, mode=0o644)
 
     context = {
         **ctx.template_context,
@@ -143,16 +150,20 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         "mke2fs": HOST_PROGRAMS[0],
         "erlang": {"root": rt.root, "erts_version": rt.erts_version, "release_version": rt.release_version},
     }
-    tree.add("/init", initramfs.file(render.render(templates, "init.sh.j2", context).encode(), 0o755))
+    baked.add("/init", initramfs.file(render.render(templates, "init.sh.j2", context).encode(), 0o755))
     tree.add(
         "/etc/udhcpc.script",
         initramfs.file(render.render(templates, "udhcpc.sh.j2", context).encode(), 0o755),
     )
+    for path in baked.entries:  # every file in one archive only, so the order cannot matter
+        if path in tree.entries and not stat.S_ISDIR(baked.entries[path].mode):
+            raise ImageError(f"initramfs path {path}: in both the runtime and the configuration archive")
 
     boot = ctx.out / "boot"
     boot.mkdir()
     initrd = boot / "initrd.img"
-    unpacked, packed = initramfs.write(initrd, tree, r.compression)
+    parts = {"runtime": tree, "config": baked}
+    sizes = dict(zip(parts, initramfs.write(initrd, list(parts.values()), r.compression), strict=True))
     kernel = boot / "vmlinuz"
     shutil.copyfile(vmlinuz[0], kernel)
     lines = {spec.name: cmdline(r, spec.console) for spec in r.disks}
@@ -178,9 +189,13 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         "initramfs": {
             "file": "boot/initrd.img",
             "compression": r.compression,
-            "size": packed,
-            "unpacked_size": unpacked,
-            "files": len(tree.entries),
+            "size": initrd.stat().st_size,
+            "unpacked_size": sum(u for u, _ in sizes.values()),
+            "files": len(tree.entries.keys() | baked.entries.keys()),
+            "parts": [
+                {"name": n, "size": p, "unpacked_size": u, "files": len(parts[n].entries)}
+                for n, (u, p) in sizes.items()
+            ],
         },
         "cmdline": {"direct": direct, **lines},
         "modules": {p["name"]: p["modules"] for p in platforms},
@@ -222,7 +237,7 @@ def _disk(
     image = ctx.out / "disks" / f"{spec.name}.img"
     if spec.name == "hvm-uefi":
         uki = unified_kernel_image(work / "linux.efi", kernel, initrd, line, ctx)
-        disk.uefi_disk(image, {"/EFI/BOOT/BOOTX64.EFI": uki})
+        disk.uefi_disk(image, {"/EFI/BOOT/BOOTX64.EFI": uki}, seed=_disk_seed(ctx, spec.name))
         return describe(ctx.out, image, spec.name, "hvm", "uefi")
     menu = render.render(
         ctx.settings.root / "templates",
@@ -237,8 +252,16 @@ def _disk(
     # PV-GRUB cannot read every kernel packing (Debian's cloud kernel is an LZ4 bzImage).
     pv_kernel = work / "vmlinuz.pv-grub"
     pv_kernel.write_bytes(pvkernel.for_pv_grub(kernel.read_bytes()))
-    disk.pv_disk(image, {"/boot/vmlinuz": pv_kernel, "/boot/initrd.img": initrd}, menu)
+    files = {"/boot/vmlinuz": pv_kernel, "/boot/initrd.img": initrd}
+    disk.pv_disk(image, files, menu, seed=_disk_seed(ctx, spec.name))
     return describe(ctx.out, image, spec.name, "pv", "pv-grub")
+
+
+def _disk_seed(ctx: BuildContext, name: str) -> str:
+    """What a disk's ids (GPT GUIDs, file system UUID, hash seed) derive from: one value per app,
+    environment, target and disk, so that a rebuild with other code or configuration keeps them and
+    the blocks that hold them do not change. The disks stay byte-identical for equal inputs."""
+    return f"{ctx.app.name}|{ctx.settings.env}|{ctx.settings.image.target}|{name}"
 
 
 def _base_system(tree: initramfs.Tree, busybox_root: Path) -> None:

@@ -11,9 +11,16 @@ Two layouts, shared by the image targets:
 
 Every disk is the smallest whole GiB that holds its content (EBS volumes are sized in GiB, 1 GiB at
 least), sparse, and zero outside the file systems. UUIDs are derived from ``seed`` (by default a
-digest of the content), so equal inputs give equal bytes and different content gives different ids.
+digest of the content), so equal inputs give equal bytes; an image target passes a seed that names
+the app, environment and target, so that the ids stay the same from one release to the next.
 A disk is written under a temporary name in the target directory and renamed into place when
 complete; on failure the temporary file is removed.
+
+Layouts for delta uploads (EBS snapshots are uploaded in 512 KiB blocks, and a release sends only
+the blocks that differ from the previous one): the file systems are sized to fit their content, in
+coarse steps (so a slightly larger file does not move anything), start right after the partition
+table, and keep their metadata together at the start, followed by the files in one contiguous run.
+A file that grows or changes at its end then changes the blocks at its end, and nothing else moves.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from pathlib import Path, PurePosixPath
 from pipeline.blocks import whole_gib
 from pipeline.errors import ImageError
 from pipeline.proc import run
+from pipeline.xen import menulst
 
 MIB = 1 << 20
 SECTOR = 512
@@ -40,8 +48,13 @@ PV_LABEL = "beam-boot"  # the init script skips a whole-disk ext file system wit
 ESP_LABEL = "ESP"
 # The GPT partition type GUID of an EFI system partition (UEFI specification).
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-ESP_START = MIB  # first partition at 1 MiB, the usual alignment
+# The ESP starts right after the primary GPT (LBA 34), at the next 4 KiB boundary: the GPT, the FAT
+# metadata and the first file share the disk's first blocks instead of each filling one of its own.
+ESP_START = 40 * SECTOR
 GPT_TAIL = 33 * SECTOR  # backup GPT: 32 sectors of entries + the header, at the end of the disk
+# FAT32 needs at least 65525 clusters: 32 MiB of 512-byte clusters, plus the FATs and reserved sectors.
+FAT32_MIN_CLUSTERS = 65525
+SIZE_STEP = 4 * MIB  # file systems grow in these steps, so small changes of content keep their size
 
 
 def pv_disk(out_path: Path, files: Mapping[str, Path], menu_lst: str, seed: str | None = None) -> Path:
@@ -55,8 +68,12 @@ def pv_disk(out_path: Path, files: Mapping[str, Path], menu_lst: str, seed: str 
     _check_menu_lst(menu_lst, tree)
     seed = seed or _content_seed(tree, menu_lst.encode())
     payload = sum(f.stat().st_size for f in tree.values()) + len(menu_lst)
-    # ext2 overhead for a small image: superblock copies, bitmaps, a few inodes, directories.
-    size = whole_gib(payload + 64 * MIB)
+    # The file system covers only its content (plus room for metadata and indirect blocks), not the
+    # whole disk: up to 128 MiB it is one block group, so there are no backup superblocks, group
+    # descriptors or bitmaps spread over the disk (each one a 512 KiB block to upload). PV-GRUB and
+    # the kernel read the size from the superblock; the rest of the disk stays zero.
+    fs_size = _step(payload * 101 // 100 + MIB)
+    size = whole_gib(fs_size)
     with _staging(out_path) as (tmp, stage):
         for rel, src in tree.items():
             _place(stage / rel, src)
@@ -70,13 +87,15 @@ def pv_disk(out_path: Path, files: Mapping[str, Path], menu_lst: str, seed: str 
                 "-I", "128", "-O", "^resize_inode", "-b", "4096", "-m", "0", "-N", "64",
                 "-L", PV_LABEL, "-U", fs_uuid,
                 "-E", f"hash_seed={_uuid(seed, 'pv-hash')},root_owner=0:0",
-                "-d", str(stage), str(tmp), str(size // 1024) + "k",
+                "-d", str(stage), str(tmp), str(fs_size // 1024) + "k",
             ],
             env=_e2fs_env(tmp),
             what="mke2fs",
         )  # fmt: skip
         menu = "boot/grub/menu.lst"
         _fix_inode_times(tmp, ["/", *sorted(_dirs_of(tree, menu)), menu, *sorted(tree)])
+        with tmp.open("r+b") as f:
+            f.truncate(size)
         _check_size(tmp, size)
     return out_path
 
@@ -92,9 +111,10 @@ def uefi_disk(out_path: Path, files: Mapping[str, Path], seed: str | None = None
         raise ImageError(f"{out_path.name}: no files for the EFI system partition")
     seed = seed or _content_seed(tree, b"")
     payload = sum(f.stat().st_size for f in tree.values())
-    # FAT32 needs at least 65525 clusters (about 33 MiB with 512-byte clusters); leave room for the
-    # FATs and directories, rounded up to whole MiB.
-    esp_size = max(64 * MIB, -(-(payload * 11 // 10 + 8 * MIB) // MIB) * MIB)
+    # The smallest FAT32 that holds the files: 65525 clusters at least (the FATs of a larger one are
+    # longer, and zero where no cluster is used), room for the FATs and the directories.
+    clusters = max(FAT32_MIN_CLUSTERS + 64, payload * 101 // 100 // SECTOR + 64)
+    esp_size = _step(clusters * SECTOR * 101 // 100 + 64 * 1024)
     size = whole_gib(ESP_START + esp_size + GPT_TAIL)
     with _staging(out_path) as (tmp, stage):
         with tmp.open("r+b") as f:
@@ -152,6 +172,10 @@ def _staging(out_path: Path) -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def _step(n: int) -> int:
+    return -(-n // SIZE_STEP) * SIZE_STEP
+
+
 def _fs_path(path: str) -> str:
     p = PurePosixPath(path)
     if not p.is_absolute() or ".." in p.parts or len(p.parts) < 2:
@@ -170,15 +194,30 @@ def _dirs_of(tree: Mapping[str, Path], *extra: str) -> set[str]:
 
 
 def _check_menu_lst(menu_lst: str, tree: Mapping[str, Path]) -> None:
-    for number, line in enumerate(menu_lst.splitlines(), 1):
-        words = line.split()
-        if len(words) >= 2 and words[0] in ("kernel", "initrd"):
-            target = words[1]
-            if target.startswith("("):  # (hd0)/boot/vmlinuz
-                target = target[target.index(")") + 1 :]
-            if target.lstrip("/") not in tree:
+    """The PV-GRUB rules (:mod:`pipeline.xen.menulst`, the one parser the Xen check uses too), then
+    what only the disk builder knows: every entry boots from this whole-disk file system, and the
+    kernel and initrd it names are files of the disk."""
+    menu = menulst.parse(menu_lst)
+    lines = menu_lst.splitlines()
+
+    def line_of(entry: menulst.Entry, word: str) -> tuple[int, str]:
+        for number, line in enumerate(lines[entry.line :], entry.line + 1):
+            if line.split()[:1] == [word]:
+                return number, line.split()[1]
+        return entry.line, ""
+
+    for entry in menu.entries:
+        if entry.partition is not None:
+            raise ImageError(
+                f"menu.lst:{line_of(entry, 'root')[0]}: entry {entry.title!r} boots from "
+                f"(hd0,{entry.partition}), but this disk is one file system without partitions",
+                hint="use root (hd0)",
+            )
+        for word, path in (("kernel", entry.kernel), ("initrd", entry.initrd)):
+            if path is not None and path.lstrip("/") not in tree:
+                number, written = line_of(entry, word)
                 raise ImageError(
-                    f"menu.lst:{number}: {words[0]} {words[1]} is not a file of the disk",
+                    f"menu.lst:{number}: {word} {written} is not a file of the disk",
                     hint=f"files on the disk: {', '.join('/' + t for t in sorted(tree))}",
                 )
 

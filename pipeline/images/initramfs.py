@@ -8,6 +8,11 @@ Compression (the cloud kernel is built with every ``CONFIG_RD_*``): ``xz`` gives
 (CRC32 check and the x86 BCJ filter, as the kernel's XZ decoder requires and benefits from) but is
 the slowest to make and to unpack under emulation; ``zstd`` is a little larger and unpacks fastest;
 ``gzip`` is the baseline. ``bench/image.py`` compares them.
+
+An initramfs may be several archives, each compressed on its own and concatenated (the kernel
+unpacks them in order, later files over earlier ones). The beam image uses two: the runtime, which
+only changes with the code, then the few files that carry the build's configuration. A
+configuration-only rebuild thus leaves the first archive, and its blocks on a disk, byte-identical.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -137,9 +142,40 @@ def compress(data: bytes, method: Compression) -> bytes:
     raise ImageError(f"unknown initramfs compression {method!r}", hint=f"one of {', '.join(COMPRESSIONS)}")
 
 
-def write(path: Path, tree: Tree, method: Compression) -> tuple[int, int]:
-    """Write the compressed archive atomically; return (uncompressed, compressed) sizes in bytes."""
-    raw = archive(tree.entries)
-    packed = compress(raw, method)
-    write_atomic(path, packed)
-    return len(raw), len(packed)
+def write(path: Path, parts: Sequence[Tree], method: Compression) -> list[tuple[int, int]]:
+    """Write the archives of ``parts``, each compressed on its own, one after the other, atomically.
+
+    Returns ``(uncompressed, compressed)`` sizes in bytes per part, in order.
+    """
+    sizes = []
+    out = bytearray()
+    for tree in parts:
+        raw = archive(tree.entries)
+        packed = compress(raw, method)
+        sizes.append((len(raw), len(packed)))
+        out += packed
+    write_atomic(path, bytes(out))
+    return sizes
+
+
+def split(raw: bytes) -> list[bytes]:
+    """The archives of a decompressed initramfs (concatenated ``newc`` archives), one per trailer.
+
+    For tools that read one archive at a time (``cpio -i`` stops at the first trailer).
+    """
+    parts = []
+    start = at = 0
+    while at < len(raw):
+        if raw[at : at + 6] != b"070701":
+            if raw[at:].strip(b"\0"):
+                raise ImageError(f"initramfs: no cpio header at byte {at}")
+            break
+        namesize, filesize = int(raw[at + 94 : at + 102], 16), int(raw[at + 54 : at + 62], 16)
+        name = raw[at + 110 : at + 110 + namesize - 1]
+        at += 110 + namesize
+        at += -at % 4 + filesize
+        at += -at % 4
+        if name == _TRAILER.encode():
+            parts.append(raw[start:at])
+            start = at
+    return parts

@@ -9,7 +9,9 @@ Only what the app runs with goes in:
   ``.app`` file, plus the recipe's ``otp.applications`` and the setting ``image.extra_apps``: their
   ``ebin`` and ``priv`` only (no docs, sources or include files), every beam stripped to the chunks
   the loader needs (``beam_lib:strip_release``);
-- a boot script for those applications (``systools:make_script``), ``sys.config`` and ``vm.args``.
+- a boot script for those applications (``systools:make_script``). The baked ``sys.config`` and
+  ``vm.args`` go into ``releases/<version>/`` too, but from the caller, in an archive of their own
+  (:func:`release_dir`): they change with the configuration, the runtime does not.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def assemble(
     app: CompiledApp,
     wanted: dict[str, str],
     programs: tuple[str, ...],
-    config_files: dict[str, Path],
     work: Path,
 ) -> Runtime:
     """Put the trimmed runtime into ``tree`` (under :data:`ROOT`); ``work`` is a scratch directory."""
@@ -99,9 +100,6 @@ def assemble(
         [toolchain.escript, RUNTIME_SCRIPT, "release", stage, release_version, *apps],
         what="runtime.escript release",
     )
-    rel_dir = stage / "releases" / release_version
-    for name, src in config_files.items():
-        shutil.copyfile(src, rel_dir / name)
     libraries = shared_libraries([p for p in stage.rglob("*") if p.is_file() and _is_elf(p)])
     tree.add_tree(ROOT, stage)
     for image_path, host_path in libraries.items():
@@ -116,6 +114,11 @@ def assemble(
         libraries=tuple(sorted(libraries)),
         size=size,
     )
+
+
+def release_dir(rt: Runtime) -> str:
+    """Where the boot script, ``sys.config`` and ``vm.args`` are in the image."""
+    return f"{rt.root}/releases/{rt.release_version}"
 
 
 def shared_libraries(binaries: list[Path]) -> dict[str, Path]:
