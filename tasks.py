@@ -138,9 +138,9 @@ def ami(c: Context, env: str | None = None, set_: list[str] | None = None, dry_r
 
 
 def _report_ami(result: Any) -> None:
-    verb = "would" if result.dry_run else "did"
+    what = "what it would do (dry run)" if result.dry_run else "what was done"
     ui.table(
-        f"ami {result.name} ({verb})",
+        f"ami {result.name}: {what}",
         ["region", "what"],
         [(region, action) for region, action in result.actions],
     )

@@ -87,6 +87,7 @@ class LocalAws:
     url: str
     port: int
     root: Path
+    listener_port: int = 0
 
     def reset(self) -> None:
         req = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
@@ -94,7 +95,12 @@ class LocalAws:
             assert resp.status == 200
 
     def settings(self, *overrides: str, env: str = "dev") -> config.Settings:
-        return config.load(root=self.root, env=env, overrides=[f"local.port={self.port}", *overrides])
+        # A free listener port, so that nothing on this machine holding the default port 80 (the quick
+        # start's local cloud, say) decides the outcome; a test's own override comes later and wins.
+        if self.listener_port == 0:
+            self.listener_port = free_port()
+        defaults = [f"local.port={self.port}", f"deploy.listener_port={self.listener_port}"]
+        return config.load(root=self.root, env=env, overrides=[*defaults, *overrides])
 
     def clients(
         self,
