@@ -177,7 +177,7 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
         "config_digest": p.config_digest,
         "config": baked_config(settings),
         "inputs": p.inputs,
-        "outputs": [e for e in file_entries(out) if not e["path"].startswith(SELF_DESCRIBED_DIRS)],
+        "outputs": file_entries(out, skip_dirs=SELF_DESCRIBED_DIRS),
         "image": image,
     }
     write_json(out / MANIFEST, manifest)

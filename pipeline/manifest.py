@@ -73,13 +73,16 @@ def read_manifest(build_dir: Path) -> dict[str, Any]:
     return data
 
 
-def file_entries(root: Path, skip: Iterable[str] = (MANIFEST,)) -> list[dict[str, Any]]:
-    """Every regular file under ``root`` with its size and sha256, sorted by path."""
+def file_entries(
+    root: Path, skip: Iterable[str] = (MANIFEST,), skip_dirs: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """Every regular file under ``root`` with its size and sha256, sorted by path; files named in
+    ``skip`` and those under the ``skip_dirs`` prefixes (e.g. ``"disks/"``) are neither listed nor read."""
     skipped = set(skip)
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel in skipped:
+        if rel in skipped or rel.startswith(skip_dirs):
             continue
         entries.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
     return entries

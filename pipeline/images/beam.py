@@ -31,7 +31,7 @@ from pipeline.erlang import CompiledApp
 from pipeline.errors import ConfigError, ImageError
 from pipeline.images import BuildContext, debs, disk, initramfs, kmod, recipe, runtime
 from pipeline.images.recipe import Recipe
-from pipeline.manifest import sha256_file, write_atomic
+from pipeline.manifest import digest_of, sha256_file, write_atomic
 from pipeline.proc import run
 from pipeline.xen import pvkernel
 
@@ -250,11 +250,19 @@ def _disk(
         },
     )
     # PV-GRUB cannot read every kernel packing (Debian's cloud kernel is an LZ4 bzImage).
-    pv_kernel = work / "vmlinuz.pv-grub"
-    pv_kernel.write_bytes(pvkernel.for_pv_grub(kernel.read_bytes()))
-    files = {"/boot/vmlinuz": pv_kernel, "/boot/initrd.img": initrd}
+    files = {"/boot/vmlinuz": _pv_grub_kernel(kernel), "/boot/initrd.img": initrd}
     disk.pv_disk(image, files, menu, seed=_disk_seed(ctx, spec.name))
     return describe(ctx.out, image, spec.name, "pv", "pv-grub")
+
+
+def _pv_grub_kernel(kernel: Path) -> Path:
+    """The kernel repacked for PV-GRUB, from the download cache when the same kernel was repacked by
+    the same code before (it depends on nothing else; gzip -9 of the ELF takes seconds)."""
+    key = digest_of({"kernel": sha256_file(kernel), "code": sha256_file(Path(pvkernel.__file__))})
+    cached = debs.cache_dir() / "pv-grub-kernels" / f"{key[:32]}.vmlinuz"
+    if not cached.is_file():
+        write_atomic(cached, pvkernel.for_pv_grub(kernel.read_bytes()))
+    return cached
 
 
 def _disk_seed(ctx: BuildContext, name: str) -> str:
