@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -226,7 +227,7 @@ class Balancer:
                     if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                         await _send_fixed(conn, writer, Fixed(400, body="bad request"))
                     return
-                await self._handle(port, event, bytes(body), conn, writer, str(peer[0]))
+                await self._handle(_Exchange(port, event, bytes(body), conn, writer, str(peer[0])))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -237,44 +238,27 @@ class Balancer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(
-        self,
-        port: int,
-        event: h11.Request,
-        body: bytes,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        client: str,
-    ) -> None:
+    async def _handle(self, ex: _Exchange) -> None:
         self.stats["requests"] += 1
-        listener = self.listeners.get(port)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
-        request = Request(event.method.decode("ascii"), event.target.decode("latin-1"), headers)
+        listener = self.listeners.get(ex.port)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in ex.event.headers}
+        request = Request(ex.event.method.decode("ascii"), ex.event.target.decode("latin-1"), headers)
         if listener is None:
-            await _send_fixed(conn, writer, Fixed(503, body="no listener"))
+            await _send_fixed(ex.conn, ex.writer, Fixed(503, body="no listener"))
             return
         action = route(listener, request)
         if isinstance(action, Fixed):
-            await _send_fixed(conn, writer, action)
+            await _send_fixed(ex.conn, ex.writer, action)
             return
-        await self._forward(port, action, event, body, conn, writer, client)
+        await self._forward(ex, action)
 
-    async def _forward(
-        self,
-        port: int,
-        action: Forward,
-        event: h11.Request,
-        body: bytes,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        client: str,
-    ) -> None:
+    async def _forward(self, ex: _Exchange, action: Forward) -> None:
         tried: set[str] = set()
         while True:
             target = self.chooser.choose(action, self.members, self.registry.routable, frozenset(tried))
             if target is None:
                 self.stats["no_target"] += 1
-                await _send_fixed(conn, writer, Fixed(503, body="no healthy target"))
+                await _send_fixed(ex.conn, ex.writer, Fixed(503, body="no healthy target"))
                 return
             tried.add(target)
             target_port = self.registry.acquire(target)
@@ -290,28 +274,21 @@ class Balancer:
                     self.stats["connect_failures"] += 1
                     continue
                 self.stats[f"target:{target}"] += 1
-                await self._relay(port, event, body, conn, writer, client, up_reader, up_writer)
+                await self._relay(ex, up_reader, up_writer)
                 return
             finally:
                 self.registry.release(target)
 
     async def _relay(
-        self,
-        port: int,
-        event: h11.Request,
-        body: bytes,
-        conn: h11.Connection,
-        writer: asyncio.StreamWriter,
-        client: str,
-        up_reader: asyncio.StreamReader,
-        up_writer: asyncio.StreamWriter,
+        self, ex: _Exchange, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter
     ) -> None:
+        event, body, conn, writer, port = ex.event, ex.body, ex.conn, ex.writer, ex.port
         up = h11.Connection(h11.CLIENT)
         headers = [(k, v) for k, v in event.headers if k.lower() not in HOP_BY_HOP]
         forwarded_for = next((v for k, v in event.headers if k.lower() == b"x-forwarded-for"), b"")
         headers = [(k, v) for k, v in headers if not k.lower().startswith(b"x-forwarded-")]
         headers += [
-            (b"X-Forwarded-For", (forwarded_for + b", " if forwarded_for else b"") + client.encode()),
+            (b"X-Forwarded-For", (forwarded_for + b", " if forwarded_for else b"") + ex.client.encode()),
             (b"X-Forwarded-Proto", b"http"),
             (b"X-Forwarded-Port", str(port).encode()),
             (b"Connection", b"close"),
@@ -362,6 +339,19 @@ class Balancer:
             up_writer.close()
             with contextlib.suppress(Exception):
                 await up_writer.wait_closed()
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """One client request being answered: the listener port it came in on, the request and its body,
+    the client's connection (h11 state and stream) and the client's address."""
+
+    port: int
+    event: h11.Request
+    body: bytes
+    conn: h11.Connection
+    writer: asyncio.StreamWriter
+    client: str
 
 
 # -- h11 over asyncio streams -----------------------------------------------------------------------------
