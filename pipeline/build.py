@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline import render
+from pipeline import proc, render
 from pipeline.config import Settings
 from pipeline.erlang import CompiledApp
 from pipeline.errors import PipelineError
@@ -246,16 +246,6 @@ def _remove_abandoned(root: Path) -> None:
     """Delete temporary build directories whose builder process is gone (a killed build)."""
     for tmp in root.glob(".tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not proc.alive(int(pid)):
             log.info("removing abandoned %s", tmp.name)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

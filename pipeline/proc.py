@@ -76,3 +76,19 @@ def last_line(proc: subprocess.CompletedProcess[bytes]) -> str:
         if lines:
             return lines[-1]
     return "no output"
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running: it exists (even as another user's) and is not a zombie
+    (a process that exited and waits for its parent to reap it counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

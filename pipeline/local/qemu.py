@@ -40,7 +40,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from pipeline.errors import ImageError, PipelineError
-from pipeline.proc import run, which
+from pipeline.proc import alive, run, which
 
 log = logging.getLogger(__name__)
 
@@ -335,22 +335,12 @@ def remove_abandoned(paths: Iterable[Path], pattern: str) -> None:
     """
     for path in paths:
         m = re.match(pattern, path.name)
-        if m is None or _alive(int(m.group("pid"))):
+        if m is None or alive(int(m.group("pid"))):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def make_scratch(path: Path, size_gib: int) -> Path:

@@ -33,6 +33,7 @@ from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.local.control import CloudConfig, configure
 from pipeline.local.moto_app import BLOBS, JOURNAL, STATUS_PATH
+from pipeline.proc import alive
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,9 @@ def stop(
         except ProcessLookupError:
             pass
         deadline = clock() + STOP_TIMEOUT
-        while running and _alive(pid) and clock() < deadline:
+        while running and alive(pid) and clock() < deadline:
             sleep(0.1)
-        if running and _alive(pid):
+        if running and alive(pid):
             log.warning("local AWS (pid %d) did not stop within %.0fs; killing it", pid, STOP_TIMEOUT)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)  # its VMs die with it (QEMU's parent-death signal)
@@ -189,16 +190,3 @@ def _probe(url: str) -> dict[str, Any] | None:
     except ValueError:
         return OTHER
     return data if isinstance(data, dict) and "state_dir" in data else OTHER
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
