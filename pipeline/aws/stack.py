@@ -120,7 +120,7 @@ def blueprint(p: StackParams) -> Template:
     )
     common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
-    color_params = {color: _color_parameters(t, color) for color in COLORS}
+    color_params = {color: _color_parameters(t, color, p.target) for color in COLORS}
     vpc, subnets = _network(t, p, common)
 
     alb_sg = t.add_resource(
@@ -266,7 +266,7 @@ def blueprint(p: StackParams) -> Template:
     return t
 
 
-def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
+def _color_parameters(t: Template, color: Color, target: str) -> dict[str, Parameter]:
     c = color.capitalize()
     out = {
         "ImageId": Parameter(
@@ -305,9 +305,12 @@ def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
             "RuleCondition": Equals(Ref(out["Virtualization"]), "pv"),
             "Assertions": [
                 {
-                    "Assert": {"Fn::Contains": [list(pv.PV_INSTANCE_TYPES), Ref(out["InstanceType"])]},
+                    "Assert": {
+                        "Fn::Contains": [list(pv.instance_types_for(target)), Ref(out["InstanceType"])]
+                    },
                     "AssertDescription": f"a paravirtual {color} image needs a PV-capable instance type "
-                    f"({pv.families()} families)",
+                    f"({pv.families()} families)"
+                    + (", of at most 4 GiB for LING" if target == "ling" else ""),
                 }
             ],
         },
