@@ -135,9 +135,9 @@ def test_wrong_guest_os_is_refused(good: Made, tmp_path: Path) -> None:
 def test_old_xen_version_is_refused(good: Made, tmp_path: Path) -> None:
     img = copy(good, tmp_path)
     section = tmp_path / "guest"
-    section.write_bytes(b"GUEST_OS=Ling,XEN_VER=xen-2.0\0")
+    section.write_bytes(b"GUEST_OS=Ling,XEN_VER=xen-2.0,LOADER=generic\0")
     subprocess.run(["objcopy", "--update-section", f"__xen_guest={section}", str(img)], check=True)
-    with pytest.raises(ImageError, match=r"XEN_VER=xen-2.0, expected XEN_VER=xen-3.0"):
+    with pytest.raises(ImageError, match=r"only images built for Xen 3.0, and this one has XEN_VER=xen-2.0"):
         elfcheck.verify(img, good.expected)
 
 
