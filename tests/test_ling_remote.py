@@ -269,3 +269,46 @@ def test_remote_railing_missing_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     project = ling_project(tmp_path / "p")
     with pytest.raises(ToolMissing, match=r'railing not found \(ling.railing = "no-railing-here"\)'):
         build.build(config.load(project, overrides=sshd.settings(railing="no-railing-here")))
+
+
+CRASH = 'main(_) -> io:format("Compile: ebin/tinyapp_app.beam~n"), erlang:error({badmatch, {error, 1}}).\n'
+
+
+def crashing_railing(tmp_path: Path, railing: str = "railing") -> Path:
+    """A railing whose `image` crashes as an escript does (exit 127, "escript: exception error: ...").
+
+    LING's railing is an escript: a crash in it (an ``ok = sh(...)`` that gets ``{error, Status}``, a
+    beam its translator rejects) ends the escript with status 127, the status shells use for "command
+    not found"."""
+    script = tmp_path / "crash.escript"
+    script.write_text("#!/usr/bin/env escript\n" + CRASH)
+    crash = f'[ "$1" = image ] && exec escript {script}\nexec {railing} "$@"\n'
+    return wrapper(tmp_path / "crashing-railing", crash)
+
+
+def test_remote_railing_that_crashes_is_a_failure_with_its_output_not_a_missing_tool(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    project = ling_project(tmp_path / "p")
+    with pytest.raises(PipelineError) as err:
+        build.build(config.load(project, overrides=sshd.settings(railing=str(crashing_railing(tmp_path)))))
+    assert not isinstance(err.value, ToolMissing)
+    msg = str(err.value)
+    assert msg.startswith(
+        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 127): "
+        "escript: exception error: no match of right hand side value {error,1}"
+    ), msg
+    assert "\n" not in msg and "not found" not in msg
+    assert remote_leftovers(sshd) == []
+
+
+def test_local_railing_that_crashes_is_reported_the_same_way(sshd: Sshd, tmp_path: Path) -> None:
+    project = ling_project(tmp_path / "p")
+    railing = crashing_railing(tmp_path, str(railing_dir(tmp_path / "bin") / "railing"))
+    with pytest.raises(PipelineError) as err:
+        build.build(config.load(project, overrides=ling_settings(sshd.otp17, railing=railing)))
+    assert not isinstance(err.value, ToolMissing)
+    assert str(err.value).startswith(
+        "railing image failed: railing failed (exit 127): "
+        "escript: exception error: no match of right hand side value {error,1}"
+    ), str(err.value)
