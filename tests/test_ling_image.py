@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import erlang, render
 from pipeline.errors import ImageError
-from pipeline.images import devices, elfcheck, ling
+from pipeline.images import elfcheck, ling
 from tests.railing_standin import RAILING
 from tests.railing_standin.projects import REPO, tiny_app
 
@@ -293,26 +293,3 @@ def test_start_module_is_the_app_module_with_start(compiled: erlang.CompiledApp)
 def test_required_libs_skip_what_railing_always_embeds(compiled: erlang.CompiledApp) -> None:
     app = replace(compiled, applications=("kernel", "stdlib", "mnesia", "crypto"))
     assert ling.required_libs(app, ("inets", "mnesia")) == ["mnesia", "crypto", "inets"]
-
-
-# -- devices: LING's one disk --------------------------------------------------------------------
-
-
-def test_ling_scratch_volume_is_lings_only_disk_and_root_is_not() -> None:
-    root = devices.root_device("ling", "pv")
-    scratch = devices.scratch_device("ling", "pv")
-    assert (root, scratch) == ("/dev/sda1", "/dev/sda")
-    assert devices.xen_vbd(scratch) == devices.LING_VBD == 51712
-    assert devices.xen_vbd(root) == 51713  # PV-GRUB's hd0, never formatted by GooFS
-    assert devices.xen_vbd("/dev/xvdf") == devices.xen_vbd("/dev/sdf") == 51792
-
-
-def test_ling_devices_are_pv_only_and_beam_devices_are_unchanged() -> None:
-    # ling never boots as HVM (the settings refuse it): asking gives the same PV names
-    assert devices.scratch_device("ling", "hvm") == devices.scratch_device("ling", "pv")
-    assert devices.root_device("ling", "hvm") == devices.root_device("ling", "pv")
-    assert devices.root_device("beam", "hvm") == "/dev/xvda"
-    assert devices.root_device("beam", "pv") == "/dev/sda1"
-    assert devices.scratch_device("beam", "pv") == "/dev/sdb"
-    with pytest.raises(ValueError, match="not a /dev/sdX"):
-        devices.xen_vbd("/dev/nvme1n1")

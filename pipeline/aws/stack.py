@@ -90,6 +90,7 @@ class StackParams:
     allowed_cidrs: tuple[str, ...]
     scratch_size_gib: int
     existing_vpc: bool  # True: VpcId/SubnetIds parameters; False: the stack makes its own VPC
+    storage: str = "auto"  # app.storage: a ling instance gets a scratch volume only for GooFS
 
     @property
     def stack_name(self) -> str:
@@ -107,6 +108,7 @@ def params_for(settings: Settings) -> StackParams:
         allowed_cidrs=settings.deploy.allowed_cidrs,
         scratch_size_gib=settings.deploy.scratch_size_gib,
         existing_vpc=bool(settings.deploy.vpc_id),
+        storage=settings.app.storage,
     )
 
 
@@ -417,8 +419,8 @@ def _color_resources(
             Tags=Tags(**colored),
         )
     )
-    pv_device = scratch_device(p.target, "pv")
-    hvm_device = scratch_device(p.target, "hvm")
+    pv_device = scratch_device(p.target, "pv", p.storage)
+    hvm_device = scratch_device(p.target, "hvm", p.storage)
     device: Any = hvm_device if pv_device == hvm_device else If(is_pv, pv_device, hvm_device)
     instance_tags = {**colored, tags.BUILD_ID: Ref(params["BuildId"]), "Name": f"{p.stack_name}-{color}"}
     template = t.add_resource(
@@ -431,21 +433,27 @@ def _color_resources(
                 MetadataOptions=ec2.MetadataOptions(
                     HttpEndpoint="enabled", HttpTokens="required", HttpPutResponseHopLimit=1
                 ),
-                BlockDeviceMappings=[
-                    # The scratch volume: per-instance storage that is created with the instance and
-                    # deleted with it, never carried over to a replacement.
-                    ec2.LaunchTemplateBlockDeviceMapping(
-                        DeviceName=device,
-                        Ebs=ec2.EBSBlockDevice(
-                            VolumeSize=p.scratch_size_gib,
-                            VolumeType="gp3",
-                            DeleteOnTermination=True,
-                            # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a PV
-                            # scratch volume follows the account's default encryption instead.
-                            Encrypted=If(is_pv, NoValue, True),
-                        ),
-                    )
-                ],
+                **(
+                    {
+                        "BlockDeviceMappings": [
+                            # The scratch volume: per-instance storage that is created with the instance
+                            # and deleted with it, never carried over to a replacement.
+                            ec2.LaunchTemplateBlockDeviceMapping(
+                                DeviceName=device,
+                                Ebs=ec2.EBSBlockDevice(
+                                    VolumeSize=p.scratch_size_gib,
+                                    VolumeType="gp3",
+                                    DeleteOnTermination=True,
+                                    # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a
+                                    # PV scratch volume follows the account's default encryption instead.
+                                    Encrypted=If(is_pv, NoValue, True),
+                                ),
+                            )
+                        ]
+                    }
+                    if device is not None
+                    else {}
+                ),
                 TagSpecifications=[
                     ec2.TagSpecifications(ResourceType=kind, Tags=Tags(**instance_tags))
                     for kind in ("instance", "volume")

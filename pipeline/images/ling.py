@@ -31,7 +31,7 @@ from pipeline import blocks, erlang, render, ui
 from pipeline.config import LingSettings, Settings
 from pipeline.erlang import BUILD_APP_SCRIPT, CompiledApp
 from pipeline.errors import CompileError, ImageError, ToolFailed, ToolMissing
-from pipeline.images import BuildContext, disk, elfcheck
+from pipeline.images import BuildContext, devices, disk, elfcheck
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.remote import Host, open_host, workdir
 
@@ -307,7 +307,7 @@ def boot_context(settings: Settings, app: CompiledApp, project: str, stage: Path
         "project": project,
         "code_path": [f"/{project}/{d}" for d in dirs],
         "config_path": f"/{project}/priv/sys.config",
-        "goofs": settings.app.storage != "ram",
+        "goofs": devices.ling_goofs(settings.app.storage),
         "start_module": start_module(app),
     }
 
