@@ -26,7 +26,7 @@ import socket
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from rich.markup import escape
 from pipeline import proc, ui
 from pipeline.config import LingSettings
 from pipeline.errors import ConfigError, PipelineError, ToolFailed, ToolMissing
+from pipeline.toolout import LineWriter, crash_report, last_line
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class LocalHost:
         except PermissionError as err:
             raise ToolMissing(f"{argv[0]}: not executable ({err.strerror})") from err
         except ToolFailed as err:
-            crash = _crash_line(err.stderr) or _crash_line(err.stdout)
+            crash = crash_report(err.stdout, err.stderr)
             if crash is None:
                 raise
             code = err.message.partition(" (exit ")[2].partition(")")[0]
@@ -170,26 +171,6 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise _UnknownHostKey(f"{key.get_name()} {key.fingerprint}")
-
-
-class _LineWriter:
-    """A file-like sink for a remote command's output: emits complete lines to ``emit``."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit = emit
-        self.buffer = ""
-
-    def write(self, data: str) -> int:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self.emit(line.rstrip("\r"))
-        return len(data)
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.emit(self.buffer)
-            self.buffer = ""
 
 
 class SshHost:
@@ -312,8 +293,8 @@ class SshHost:
         itself exits 127 (an escript that crashed does)."""
         limit = timeout or self.settings.command_timeout_s
         prefix = f"{self.target.host}|"
-        out = _LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
-        err = _LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
+        out = LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
+        err = LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
         try:
             result = self.conn.run(
                 command,
@@ -335,10 +316,9 @@ class SshHost:
         if result.exited == 0:
             return str(result.stdout)
         last = (
-            _crash_line(str(result.stderr))
-            or _crash_line(str(result.stdout))
-            or _last_line(str(result.stderr))
-            or _last_line(str(result.stdout))
+            crash_report(str(result.stdout), str(result.stderr))
+            or last_line(str(result.stderr))
+            or last_line(str(result.stdout))
             or "no output"
         )
         if result.exited == EXIT_TIMED_OUT:
@@ -451,20 +431,6 @@ class SshHost:
                 self.download_tree(f"{src}/{name}", local_dir / name)
             elif stat.S_ISREG(mode):
                 sftp.get(f"{src}/{name}", str(local_dir / name))
-
-
-def _crash_line(text: str) -> str | None:
-    """The error of an escript that crashed (railing is one): its report ``escript: exception
-    error: ...`` is followed by the stack trace, so the last line alone would not say what failed."""
-    for line in text.splitlines():
-        if line.strip().startswith("escript: exception"):
-            return line.strip()
-    return None
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 # -- choosing ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from pipeline import erlang, render
 from pipeline.errors import ImageError
 from pipeline.images import elfcheck, ling
-from tests.railing_standin import RAILING
+from tests.railing_standin import make_toolchain, standin_railing
 from tests.railing_standin.projects import REPO, tiny_app
 
 SYS_CONFIG = b'[{tinyapp, [{greeting, <<"hi">>}]}].\n'
@@ -31,7 +31,7 @@ class Made:
 
 def railing(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(RAILING), "image", "-n", "tinyapp", "-i", "priv", *args],
+        [str(standin_railing()), "image", "-n", "tinyapp", "-i", "priv", *args],
         cwd=stage,
         capture_output=True,
         text=True,
@@ -66,7 +66,12 @@ def make(tmp: Path, app: erlang.CompiledApp, change: str = "") -> Made:
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> erlang.CompiledApp:
     root = tmp_path_factory.mktemp("app")
     tiny_app(root / "tinyapp")
-    return erlang.compile_app(root / "tinyapp", root / "out")
+    return erlang.compile_app(root / "tinyapp", root / "out", otp17(root))
+
+
+def otp17(root: Path) -> erlang.Toolchain:
+    """The stand-in OTP 17 (tests/railing_standin/fake_otp.py): the beams railing accepts."""
+    return erlang.Toolchain(make_toolchain(root / "otp17").parent, "17", "17.5", "6.4")
 
 
 @pytest.fixture(scope="module")

@@ -227,10 +227,12 @@ def test_remote_railing_failing_mid_way_leaves_nothing(sshd: Sshd, tmp_path: Pat
     with pytest.raises(PipelineError) as err:
         build.build(config.load(project, overrides=sshd.settings(railing=str(failing))))
     msg = str(err.value)
+    # railing's `ok = sh(objcopy ...)` crashes the escript: exit 127 and the tool's complaint
     assert msg.startswith(
-        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 1)"
+        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 127): "
     )
-    assert msg.endswith("objcopy: embed.fs: Input/output error") and "\n" not in msg
+    assert "objcopy: 'embed.fs.unreadable': No such file; escript: exception error" in msg
+    assert not isinstance(err.value, ToolMissing) and "\n" not in msg
     assert any(c["args"][0] == "image" for c in calls(sshd)[before:])  # type: ignore[index]  # it did run
     assert remote_leftovers(sshd) == []
     assert leftovers(project) == []
@@ -262,6 +264,19 @@ def test_remote_otp_25_is_refused(sshd: Sshd, tmp_path: Path) -> None:
         ToolMissing, match=r"ssh://.*\): .*/otp25/bin/erl is Erlang/OTP 25, but the ling target"
     ):
         build.build(config.load(project, overrides=sshd.settings(bin_dir=sshd.otp25)))
+    assert remote_leftovers(sshd) == []
+
+
+def test_remote_railing_without_the_disk_driver_is_refused_at_the_probe(sshd: Sshd, tmp_path: Path) -> None:
+    """The probe fetches the railing escript from the build host and reads the LING core in it."""
+    project = ling_project(tmp_path / "p")
+    nodisk = railing_dir(tmp_path / "nodisk", disk_driver=False) / "railing"
+    before = len(calls(sshd))
+    with pytest.raises(
+        ToolMissing, match=r"ssh://.*\): the LING core in .*/nodisk/railing \(vmling.o\) has no disk"
+    ):
+        build.build(config.load(project, overrides=sshd.settings(railing=str(nodisk))))
+    assert [c["args"] for c in calls(sshd)[before:]] == [["-v"]]  # refused before railing made anything
     assert remote_leftovers(sshd) == []
 
 

@@ -7,7 +7,8 @@ SSH (``pipeline/remote.py``). The pipeline never builds LING itself.
 
 A build:
 1. probes the toolchain (``erl`` release, ``railing -v``, ``ld``) and refuses anything but OTP 17
-   and a Xen railing;
+   and a Xen railing, and, when the image mounts its scratch volume, a LING core without the disk
+   driver (``vmling.py``);
 2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host);
 3. stages the project as railing expects (``ebin/`` with the .app and beams, ``priv/`` with the
    rendered sys.config), renders the boot line (``templates/ling.bootline.j2``; at most 1023
@@ -31,7 +32,7 @@ from pipeline import blocks, erlang, render, ui
 from pipeline.config import LingSettings, Settings
 from pipeline.erlang import BUILD_APP_SCRIPT, CompiledApp
 from pipeline.errors import CompileError, ImageError, ToolFailed, ToolMissing
-from pipeline.images import BuildContext, devices, disk, elfcheck
+from pipeline.images import BuildContext, devices, disk, elfcheck, vmling
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.remote import Host, open_host, workdir
 
@@ -83,8 +84,9 @@ class LingToolchain:
         return f"{self.otp_bin.rstrip('/')}/{name}" if self.otp_bin else name
 
 
-def probe(host: Host, s: LingSettings) -> LingToolchain:
-    """Find out what the toolchain on ``host`` is; refuse one that cannot make LING images."""
+def probe(host: Host, s: LingSettings, disk: bool = False) -> LingToolchain:
+    """Find out what the toolchain on ``host`` is; refuse one that cannot make LING images, or (with
+    ``disk``: the image mounts its scratch volume) whose LING core has no disk driver."""
     where = f"ling toolchain ({host.label})"
     erl = f"{s.otp_bin.rstrip('/')}/erl" if s.otp_bin else "erl"
     try:
@@ -123,6 +125,8 @@ def probe(host: Host, s: LingSettings) -> LingToolchain:
             "not Xen images",
             hint="use a railing built for Xen (LING's default ARCH=xen)",
         )
+    if disk:
+        vmling.check_railing(host, s.railing, s.otp_bin, where, hint=RAILING_HINT)
     try:
         ld = host.run(["ld", "--version"], path=s.otp_bin, what="ld", quiet=True).strip().splitlines()[0]
     except ToolMissing as err:
@@ -146,20 +150,21 @@ class LingTarget:
     name = "ling"
 
     def __init__(self) -> None:
-        self._probed: dict[LingSettings, LingToolchain] = {}
+        self._probed: dict[tuple[LingSettings, bool], LingToolchain] = {}
 
     def toolchain(self, settings: Settings) -> LingToolchain:
         """The probed toolchain for ``settings`` (probed once per target object)."""
         s = settings.ling
-        if s not in self._probed:
+        key = (s, devices.ling_goofs(settings.app.storage))
+        if key not in self._probed:
             with open_host(s, _local_base(settings)) as host:
-                self._probed[s] = probe(host, _local_paths(settings))
-            tc = self._probed[s]
+                self._probed[key] = probe(host, _local_paths(settings), disk=key[1])
+            tc = self._probed[key]
             ui.say(
                 f"ling toolchain ({tc.where}): Erlang/OTP {tc.otp_version} (erts {tc.erts_version}), "
                 f"railing {tc.railing_version}, {tc.binutils}"
             )
-        return self._probed[s]
+        return self._probed[key]
 
     def tool_versions(self, settings: Settings) -> dict[str, str]:
         return self.toolchain(settings).versions()
@@ -228,6 +233,13 @@ class LingTarget:
                     raise ImageError(f"railing image failed: {err.message}", hint=err.hint) from err
                 host.download(f"{there}/{project}.img", image)
                 host.download(f"{there}/domain_config", domain_config)
+                if context["ling"]["goofs"]:
+                    # the core railing linked, as it unpacked it (also when railing is a wrapper)
+                    host.download(f"{there}/.railing/{vmling.CORE}", out / vmling.CORE)
+        if context["ling"]["goofs"]:
+            core = (out / vmling.CORE).read_bytes()
+            vmling.require_disk_driver(core, tc.railing, f"ling toolchain ({tc.where})", hint=RAILING_HINT)
+            (out / vmling.CORE).unlink()
         expected = elfcheck.Expected(
             project=project,
             app=app.name,

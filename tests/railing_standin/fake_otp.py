@@ -8,7 +8,9 @@ difference: ``erl``, asked ``erlang:system_info(otp_release)`` in an ``-eval`` e
 release named by ``releases/<R>``. Everything is compiled by the host's OTP (25): the stand-in
 toolchain *reports* 17 but its beams are OTP 25 beams, which real LING could not load. That is why
 the tests that use it only check what the pipeline does with a toolchain, never that LING would run
-the result.
+the result. So that the railing stand-in can tell its beams from any other OTP 25 beams (which LING's
+railing refuses), the compiler it runs records ``{standin_otp_release, R}`` in each beam's compile info
+(``ERL_COMPILER_OPTIONS``, which OTP's compiler adds to every compilation).
 
 Made by ``tests.railing_standin.make_toolchain(dest, release)``.
 """
@@ -32,6 +34,7 @@ def main() -> None:
     args = sys.argv[1:]
     if tool == "erl":
         args = [a.replace("erlang:system_info(otp_release)", f'"{release}"') for a in args]
+    os.environ["ERL_COMPILER_OPTIONS"] = f'[{{compile_info, [{{standin_otp_release, "{release}"}}]}}]'
     os.execv(real, [real, *args])
 
 
