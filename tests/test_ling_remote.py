@@ -145,7 +145,10 @@ def test_remote_build_through_fabric_matches_the_local_build(
     assert "127.0.0.1| Generate: erlang_web.img" in err
     assert f"ling toolchain (ssh://{sshd.user}@127.0.0.1:{sshd.port}): Erlang/OTP 17" in " ".join(err.split())
 
-    # The same inputs built locally (railing on PATH): the same build id and byte-identical results.
+    # The same inputs built locally (railing on PATH), in another work directory at another time: the
+    # same build id and byte-identical results, because the build removes the compile time and the
+    # directory that OTP 17 (and the stand-in for it) stamps into each beam (beamfile.py). Both builds
+    # use one toolchain installation: OTP 17's own libraries are embedded as installed.
     local_bin = railing_dir(tmp_path / "local-bin")
     monkeypatch.setenv("PATH", f"{local_bin}{os.pathsep}{os.environ['PATH']}")
     local = build.build(config.load(copy_project(tmp_path / "local"), overrides=ling_settings(sshd.otp17)))

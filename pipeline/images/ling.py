@@ -9,7 +9,8 @@ A build:
 1. probes the toolchain (``erl`` release, ``railing -v``, ``ld``) and refuses anything but OTP 17
    and a Xen railing, and, when the image mounts its scratch volume, a LING core without the disk
    driver (``vmling.py``);
-2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host);
+2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host) and
+   removes what OTP 17 stamps into each beam (``beamfile.py``);
 3. stages the project as railing expects (``ebin/`` with the .app and beams, ``priv/`` with the
    rendered sys.config), renders the boot line (``templates/ling.bootline.j2``; at most 1023
    characters, Xen's limit) and runs ``railing image -n NAME -m MB -e EXTRA -i priv -l LIB...``;
@@ -32,7 +33,7 @@ from pipeline import blocks, erlang, render, ui
 from pipeline.config import LingSettings, Settings
 from pipeline.erlang import BUILD_APP_SCRIPT, CompiledApp
 from pipeline.errors import CompileError, ImageError, ToolFailed, ToolMissing
-from pipeline.images import BuildContext, devices, disk, elfcheck, vmling
+from pipeline.images import BuildContext, beamfile, devices, disk, elfcheck, vmling
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.remote import Host, open_host, workdir
 
@@ -46,6 +47,12 @@ WHY_OTP17 = (
     "OTP 17's kernel and stdlib"
 )
 OTP_HINT = "set ling.otp_bin to the bin directory of an Erlang/OTP 17 installation (on the build host)"
+# What a ling image depends on besides the build's inputs (see beamfile.py), for the manifest.
+REPRODUCIBLE = (
+    "byte-identical for the same sources, settings and toolchain installation: the compile time and "
+    "source path OTP 17 stamps into the app's beams are removed; OTP 17's own libraries and start.boot "
+    "are embedded as installed on the build host"
+)
 RAILING_HINT = "install LING's railing escript where the toolchain runs and set ling.railing to its path"
 
 # Prints "<otp_release> <erts version> <full OTP version or ->"; runs on every release from 17 on.
@@ -195,6 +202,8 @@ class LingTarget:
                     ) from err
                 app = erlang.parse_summary(summary, out)
                 host.download_tree(f"{wd}/out/{app.directory.name}/ebin", app.ebin)
+        # OTP 17 stamps each beam with the time and the build host's path; railing keeps both.
+        beamfile.normalise_dir(app.ebin)
         priv = settings.app_dir / "priv"
         if priv.is_dir():
             shutil.copytree(priv, app.directory / "priv", dirs_exist_ok=True)
@@ -268,6 +277,7 @@ class LingTarget:
             "domain_config": domain_config.relative_to(ctx.out).as_posix(),
             "xen_guest": verified.xen_guest,
             "toolchain": tc.versions(),
+            "reproducible": REPRODUCIBLE,
             "embedded": verified.listing(),
             "disks": [record],
         }
