@@ -26,7 +26,7 @@ import socket
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +41,7 @@ from rich.markup import escape
 from pipeline import proc, ui
 from pipeline.config import LingSettings
 from pipeline.errors import ConfigError, PipelineError, ToolFailed, ToolMissing
+from pipeline.toolout import LineWriter, crash_report, last_line
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,14 @@ class LocalHost:
             raise ToolMissing(f"{argv[0]}: not found", hint=err.hint) from err
         except PermissionError as err:
             raise ToolMissing(f"{argv[0]}: not executable ({err.strerror})") from err
+        except ToolFailed as err:
+            crash = crash_report(err.stdout, err.stderr)
+            if crash is None:
+                raise
+            code = err.message.partition(" (exit ")[2].partition(")")[0]
+            raise ToolFailed(
+                f"{what} failed (exit {code}): {crash}", hint=err.hint, stdout=err.stdout, stderr=err.stderr
+            ) from err
         for line in done.stdout.decode(errors="replace").splitlines():
             log.info("%s| %s", what, line)
         return done.stdout.decode(errors="replace")
@@ -162,26 +171,6 @@ class _RefuseUnknown(paramiko.MissingHostKeyPolicy):
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         raise _UnknownHostKey(f"{key.get_name()} {key.fingerprint}")
-
-
-class _LineWriter:
-    """A file-like sink for a remote command's output: emits complete lines to ``emit``."""
-
-    def __init__(self, emit: Callable[[str], None]) -> None:
-        self.emit = emit
-        self.buffer = ""
-
-    def write(self, data: str) -> int:
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split("\n")
-        for line in lines:
-            self.emit(line.rstrip("\r"))
-        return len(data)
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.emit(self.buffer)
-            self.buffer = ""
 
 
 class SshHost:
@@ -290,11 +279,22 @@ class SshHost:
 
     # -- operations ----------------------------------------------------------------------------------
 
-    def _shell(self, command: str, *, what: str, stream: bool = False, timeout: float | None = None) -> str:
+    def _shell(
+        self,
+        command: str,
+        *,
+        what: str,
+        stream: bool = False,
+        timeout: float | None = None,
+        exists: str | None = None,
+    ) -> str:
+        """Run ``command`` on the host; return its stdout. ``exists``: a shell command that succeeds
+        when the program ``command`` runs can be found, to tell "not found" from a program that
+        itself exits 127 (an escript that crashed does)."""
         limit = timeout or self.settings.command_timeout_s
         prefix = f"{self.target.host}|"
-        out = _LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
-        err = _LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
+        out = LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
+        err = LineWriter(lambda line: ui.say(f"[dim]{escape(prefix)}[/dim] {escape(line)}"))
         try:
             result = self.conn.run(
                 command,
@@ -315,18 +315,30 @@ class SshHost:
             err.flush()
         if result.exited == 0:
             return str(result.stdout)
-        last = _last_line(str(result.stderr)) or _last_line(str(result.stdout)) or "no output"
+        last = (
+            crash_report(str(result.stdout), str(result.stderr))
+            or last_line(str(result.stderr))
+            or last_line(str(result.stdout))
+            or "no output"
+        )
         if result.exited == EXIT_TIMED_OUT:
             raise ToolFailed(
                 f"{what} on {self.label}: timed out after {limit}s", hint="raise ling.command_timeout_s"
             )
-        if result.exited == EXIT_NOT_FOUND:
+        if result.exited == EXIT_NOT_FOUND and not (exists and self._succeeds(exists)):
             raise ToolMissing(f"{what} on {self.label}: not found ({last})")
         raise ToolFailed(
             f"{what} on {self.label} failed (exit {result.exited}): {last}",
             stdout=str(result.stdout),
             stderr=str(result.stderr),
         )
+
+    def _succeeds(self, command: str) -> bool:
+        try:
+            result = self.conn.run(command, hide=True, warn=True, pty=False, in_stream=False, timeout=60)
+        except (CommandTimedOut, OSError, paramiko.SSHException, EOFError):
+            return False
+        return bool(result.exited == 0)
 
     def run(
         self, argv: Sequence[str], *, cwd: str | None = None, path: str = "", what: str, quiet: bool = False
@@ -337,8 +349,16 @@ class SshHost:
         if path:
             parts.append(f'PATH={shlex.quote(path)}:"$PATH"')
         limit = self.settings.command_timeout_s
-        parts.append(f"timeout -k 10 {limit} {shlex.join(argv)}")
-        return self._shell(" ".join(parts), what=what, stream=not quiet)
+        where = " ".join(parts)
+        # A shell's "command not found" and coreutils timeout's "cannot run" are exit 127, and so is
+        # an escript that crashes (railing's does): only a program that cannot be found is missing.
+        exists = f"{where} command -v {shlex.quote(argv[0])} >/dev/null".strip()
+        return self._shell(
+            f"{where} timeout -k 10 {limit} {shlex.join(argv)}".strip(),
+            what=what,
+            stream=not quiet,
+            exists=exists,
+        )
 
     def workdir(self, tag: str) -> str:
         # Made over SFTP (no shell round trip): the base with its missing parents, then a new
@@ -411,11 +431,6 @@ class SshHost:
                 self.download_tree(f"{src}/{name}", local_dir / name)
             elif stat.S_ISREG(mode):
                 sftp.get(f"{src}/{name}", str(local_dir / name))
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
 
 
 # -- choosing ---------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import erlang, render
 from pipeline.errors import ImageError
-from pipeline.images import devices, elfcheck, ling
-from tests.railing_standin import RAILING
+from pipeline.images import elfcheck, ling
+from tests.railing_standin import make_toolchain, standin_railing
 from tests.railing_standin.projects import REPO, tiny_app
 
 SYS_CONFIG = b'[{tinyapp, [{greeting, <<"hi">>}]}].\n'
@@ -31,7 +31,7 @@ class Made:
 
 def railing(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(RAILING), "image", "-n", "tinyapp", "-i", "priv", *args],
+        [str(standin_railing()), "image", "-n", "tinyapp", "-i", "priv", *args],
         cwd=stage,
         capture_output=True,
         text=True,
@@ -66,7 +66,12 @@ def make(tmp: Path, app: erlang.CompiledApp, change: str = "") -> Made:
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> erlang.CompiledApp:
     root = tmp_path_factory.mktemp("app")
     tiny_app(root / "tinyapp")
-    return erlang.compile_app(root / "tinyapp", root / "out")
+    return erlang.compile_app(root / "tinyapp", root / "out", otp17(root))
+
+
+def otp17(root: Path) -> erlang.Toolchain:
+    """The stand-in OTP 17 (tests/railing_standin/fake_otp.py): the beams railing accepts."""
+    return erlang.Toolchain(make_toolchain(root / "otp17").parent, "17", "17.5", "6.4")
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +140,9 @@ def test_wrong_guest_os_is_refused(good: Made, tmp_path: Path) -> None:
 def test_old_xen_version_is_refused(good: Made, tmp_path: Path) -> None:
     img = copy(good, tmp_path)
     section = tmp_path / "guest"
-    section.write_bytes(b"GUEST_OS=Ling,XEN_VER=xen-2.0\0")
+    section.write_bytes(b"GUEST_OS=Ling,XEN_VER=xen-2.0,LOADER=generic\0")
     subprocess.run(["objcopy", "--update-section", f"__xen_guest={section}", str(img)], check=True)
-    with pytest.raises(ImageError, match=r"XEN_VER=xen-2.0, expected XEN_VER=xen-3.0"):
+    with pytest.raises(ImageError, match=r"only images built for Xen 3.0, and this one has XEN_VER=xen-2.0"):
         elfcheck.verify(img, good.expected)
 
 
@@ -293,26 +298,3 @@ def test_start_module_is_the_app_module_with_start(compiled: erlang.CompiledApp)
 def test_required_libs_skip_what_railing_always_embeds(compiled: erlang.CompiledApp) -> None:
     app = replace(compiled, applications=("kernel", "stdlib", "mnesia", "crypto"))
     assert ling.required_libs(app, ("inets", "mnesia")) == ["mnesia", "crypto", "inets"]
-
-
-# -- devices: LING's one disk --------------------------------------------------------------------
-
-
-def test_ling_scratch_volume_is_lings_only_disk_and_root_is_not() -> None:
-    root = devices.root_device("ling", "pv")
-    scratch = devices.scratch_device("ling", "pv")
-    assert (root, scratch) == ("/dev/sda1", "/dev/sda")
-    assert devices.xen_vbd(scratch) == devices.LING_VBD == 51712
-    assert devices.xen_vbd(root) == 51713  # PV-GRUB's hd0, never formatted by GooFS
-    assert devices.xen_vbd("/dev/xvdf") == devices.xen_vbd("/dev/sdf") == 51792
-
-
-def test_ling_devices_are_pv_only_and_beam_devices_are_unchanged() -> None:
-    # ling never boots as HVM (the settings refuse it): asking gives the same PV names
-    assert devices.scratch_device("ling", "hvm") == devices.scratch_device("ling", "pv")
-    assert devices.root_device("ling", "hvm") == devices.root_device("ling", "pv")
-    assert devices.root_device("beam", "hvm") == "/dev/xvda"
-    assert devices.root_device("beam", "pv") == "/dev/sda1"
-    assert devices.scratch_device("beam", "pv") == "/dev/sdb"
-    with pytest.raises(ValueError, match="not a /dev/sdX"):
-        devices.xen_vbd("/dev/nvme1n1")

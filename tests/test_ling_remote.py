@@ -145,7 +145,10 @@ def test_remote_build_through_fabric_matches_the_local_build(
     assert "127.0.0.1| Generate: erlang_web.img" in err
     assert f"ling toolchain (ssh://{sshd.user}@127.0.0.1:{sshd.port}): Erlang/OTP 17" in " ".join(err.split())
 
-    # The same inputs built locally (railing on PATH): the same build id and byte-identical results.
+    # The same inputs built locally (railing on PATH), in another work directory at another time: the
+    # same build id and byte-identical results, because the build removes the compile time and the
+    # directory that OTP 17 (and the stand-in for it) stamps into each beam (beamfile.py). Both builds
+    # use one toolchain installation: OTP 17's own libraries are embedded as installed.
     local_bin = railing_dir(tmp_path / "local-bin")
     monkeypatch.setenv("PATH", f"{local_bin}{os.pathsep}{os.environ['PATH']}")
     local = build.build(config.load(copy_project(tmp_path / "local"), overrides=ling_settings(sshd.otp17)))
@@ -227,10 +230,12 @@ def test_remote_railing_failing_mid_way_leaves_nothing(sshd: Sshd, tmp_path: Pat
     with pytest.raises(PipelineError) as err:
         build.build(config.load(project, overrides=sshd.settings(railing=str(failing))))
     msg = str(err.value)
+    # railing's `ok = sh(objcopy ...)` crashes the escript: exit 127 and the tool's complaint
     assert msg.startswith(
-        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 1)"
+        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 127): "
     )
-    assert msg.endswith("objcopy: embed.fs: Input/output error") and "\n" not in msg
+    assert "objcopy: 'embed.fs.unreadable': No such file; escript: exception error" in msg
+    assert not isinstance(err.value, ToolMissing) and "\n" not in msg
     assert any(c["args"][0] == "image" for c in calls(sshd)[before:])  # type: ignore[index]  # it did run
     assert remote_leftovers(sshd) == []
     assert leftovers(project) == []
@@ -265,7 +270,63 @@ def test_remote_otp_25_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     assert remote_leftovers(sshd) == []
 
 
+def test_remote_railing_without_the_disk_driver_is_refused_at_the_probe(sshd: Sshd, tmp_path: Path) -> None:
+    """The probe fetches the railing escript from the build host and reads the LING core in it."""
+    project = ling_project(tmp_path / "p")
+    nodisk = railing_dir(tmp_path / "nodisk", disk_driver=False) / "railing"
+    before = len(calls(sshd))
+    with pytest.raises(
+        ToolMissing, match=r"ssh://.*\): the LING core in .*/nodisk/railing \(vmling.o\) has no disk"
+    ):
+        build.build(config.load(project, overrides=sshd.settings(railing=str(nodisk))))
+    assert [c["args"] for c in calls(sshd)[before:]] == [["-v"]]  # refused before railing made anything
+    assert remote_leftovers(sshd) == []
+
+
 def test_remote_railing_missing_is_refused(sshd: Sshd, tmp_path: Path) -> None:
     project = ling_project(tmp_path / "p")
     with pytest.raises(ToolMissing, match=r'railing not found \(ling.railing = "no-railing-here"\)'):
         build.build(config.load(project, overrides=sshd.settings(railing="no-railing-here")))
+
+
+CRASH = 'main(_) -> io:format("Compile: ebin/tinyapp_app.beam~n"), erlang:error({badmatch, {error, 1}}).\n'
+
+
+def crashing_railing(tmp_path: Path, railing: str = "railing") -> Path:
+    """A railing whose `image` crashes as an escript does (exit 127, "escript: exception error: ...").
+
+    LING's railing is an escript: a crash in it (an ``ok = sh(...)`` that gets ``{error, Status}``, a
+    beam its translator rejects) ends the escript with status 127, the status shells use for "command
+    not found"."""
+    script = tmp_path / "crash.escript"
+    script.write_text("#!/usr/bin/env escript\n" + CRASH)
+    crash = f'[ "$1" = image ] && exec escript {script}\nexec {railing} "$@"\n'
+    return wrapper(tmp_path / "crashing-railing", crash)
+
+
+def test_remote_railing_that_crashes_is_a_failure_with_its_output_not_a_missing_tool(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    project = ling_project(tmp_path / "p")
+    with pytest.raises(PipelineError) as err:
+        build.build(config.load(project, overrides=sshd.settings(railing=str(crashing_railing(tmp_path)))))
+    assert not isinstance(err.value, ToolMissing)
+    msg = str(err.value)
+    assert msg.startswith(
+        f"railing image failed: railing on ssh://{sshd.user}@127.0.0.1:{sshd.port} failed (exit 127): "
+        "escript: exception error: no match of right hand side value {error,1}"
+    ), msg
+    assert "\n" not in msg and "not found" not in msg
+    assert remote_leftovers(sshd) == []
+
+
+def test_local_railing_that_crashes_is_reported_the_same_way(sshd: Sshd, tmp_path: Path) -> None:
+    project = ling_project(tmp_path / "p")
+    railing = crashing_railing(tmp_path, str(railing_dir(tmp_path / "bin") / "railing"))
+    with pytest.raises(PipelineError) as err:
+        build.build(config.load(project, overrides=ling_settings(sshd.otp17, railing=railing)))
+    assert not isinstance(err.value, ToolMissing)
+    assert str(err.value).startswith(
+        "railing image failed: railing failed (exit 127): "
+        "escript: exception error: no match of right hand side value {error,1}"
+    ), str(err.value)

@@ -132,7 +132,7 @@ def test_launch_templates_require_imdsv2_and_carry_a_scratch_volume_deleted_with
 def test_scratch_device_follows_the_image_target_and_virtualization(monkeypatch: pytest.MonkeyPatch) -> None:
     """When the device name differs between HVM and PV, each colour picks it by its Virtualization."""
 
-    def device(target: str, virtualization: str) -> str:
+    def device(target: str, virtualization: str, storage: str = "auto") -> str:
         return "/dev/xvdb" if virtualization == "pv" else "/dev/sdb"
 
     monkeypatch.setattr(stack, "scratch_device", device)

@@ -1,9 +1,11 @@
 """Xen under QEMU: PV disks booted through the PV-GRUB-compatible loader (slow; marked ``xen``).
 
 One Xen machine is booted for the module with several disks attached, and the tests start one guest
-each on it, in turn: a small Linux guest that answers HTTP, three broken disks, and the ling target's
-PV disk. Another test runs the whole ``check`` on a broken disk to show it fails in bounded time and
-leaves no QEMU behind. The app's own PV disk (the beam target) is booted by ``test_xen_check.py``.
+each on it, in turn: a small Linux guest that answers HTTP, three broken disks, the ling target's PV
+disk with the volumes a ling instance gets, and two guests with a scratch volume besides the root one
+(where EC2 names it, and where a name numbered below the root's would take PV-GRUB's hd0). Another
+test runs the whole ``check`` on a broken disk to show it fails in bounded time and leaves no QEMU
+behind. The app's own PV disk (the beam target) is booted by ``test_xen_check.py``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import pytest
 
 from pipeline import build, config
 from pipeline.errors import ImageError
+from pipeline.images import devices
 from pipeline.xen import check, pvdisk, recipe
 from pipeline.xen import host as xenhost
-from pipeline.xen.machine import XenCheckFailed, XenMachine
+from pipeline.xen.machine import Guest, GuestDisk, XenCheckFailed, XenMachine
 from tests.project import copy_project
 from tests.railing_standin import make_toolchain, railing_dir
 from tests.railing_standin.projects import ling_project, ling_settings
@@ -37,7 +40,8 @@ class Env:
     settings: config.Settings
     recipe: recipe.XenRecipe
     host: xenhost.PreparedHost
-    disks: dict[str, Path]  # guest name (a, b, ...) -> disk
+    disks: dict[str, Path]  # guest name (a, b, ...) -> its boot disk
+    guests: dict[str, Path | Guest]  # guest name -> its boot disk (the root volume) or all its volumes
     ling: build.BuildResult
 
 
@@ -72,7 +76,29 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     }
     ling = _ling_build(tmp_path_factory.mktemp("ling"))
     disks["e"] = ling.directory / "disks" / "pv.img"
-    return Env(settings, r, test_host, disks, ling)
+    guests: dict[str, Path | Guest] = dict(disks)
+    guests["e"] = _instance(disks["e"], "ling", work / "ling-scratch.img")
+    disks["f"] = disks["g"] = disks["a"]
+    guests["f"] = _instance(disks["a"], "beam", work / "scratch-f.img")
+    # the layout used before: a scratch volume at /dev/sda, vbd 2048, below the root's 2049
+    guests["g"] = Guest((GuestDisk(disks["a"], "sda1"), _blank(work / "scratch-g.img", "sda")))
+    return Env(settings, r, test_host, disks, guests, ling)
+
+
+def _instance(disk: Path, target: str, scratch: Path) -> Guest:
+    """The volumes an instance of ``target`` gets, as devices.mapping names them."""
+    volumes = []
+    for device in devices.mapping(target, "pv"):
+        volumes.append(
+            GuestDisk(disk, device.vdev) if device.role == "root" else _blank(scratch, device.vdev)
+        )
+    return Guest(tuple(volumes))
+
+
+def _blank(path: Path, vdev: str) -> GuestDisk:
+    with path.open("wb") as f:
+        f.truncate(64 << 20)
+    return GuestDisk(path, vdev, writable=True)
 
 
 def _ling_build(tmp: Path) -> build.BuildResult:
@@ -86,7 +112,7 @@ def _ling_build(tmp: Path) -> build.BuildResult:
 @pytest.fixture(scope="module")
 def machine(env: Env) -> Iterator[XenMachine]:
     timer = check.Timer(print)
-    with check.running(env.settings, env.recipe, env.host, list(env.disks.values()), timer) as m:
+    with check.running(env.settings, env.recipe, env.host, list(env.guests.values()), timer) as m:
         yield m
     assert not _alive(m.pid), "QEMU still running after the machine was closed"
 
@@ -115,6 +141,7 @@ def test_guest_booted_through_the_loader_answers_http_and_shuts_down(env: Env, m
     text = _guest_text(machine, "a")
     assert "fixture: init, guest type PV" in text  # a PV guest, not HVM
     assert "fixture: address 10.0.2.15" in text  # DHCP through netfront, netback and dom0's bridge
+    assert "fixture: devices vbd-2049 vif-0" in text  # the root volume as EC2 numbers /dev/sda1
     assert check.stop_guest(machine, "a", timer) == "stopped"  # the guest honoured xl shutdown
 
 
@@ -151,10 +178,32 @@ def test_ling_pv_disk_is_loaded_and_entered(env: Env, machine: XenMachine) -> No
     inspected = pvdisk.inspect(env.disks["e"])
     assert inspected.kernel.xen == "__xen_guest"
     guest = check.boot_to_kernel_entry(machine, "e", env.disks["e"], inspected, check.Timer(print))
+    # the root volume (sda1, vbd 2049) is hd0 although LING's scratch volume (xvda, 51712) is attached
+    assert [d.vdev for d in env.guests["e"].disks] == ["sda1", "xvda"]  # type: ignore[union-attr]
     assert guest.loader == "pvgrub: found (hd0)/boot/grub/menu.lst"
     assert guest.outcome == "crashed"
     assert guest.crash_rip == inspected.kernel.entry
     assert "error:" not in _guest_text(machine, "e")
+
+
+def test_a_scratch_volume_at_its_ec2_name_comes_after_the_root(env: Env, machine: XenMachine) -> None:
+    timer = check.Timer(print)
+    guest = check.boot_guest(machine, "f", env.disks["f"], timer)
+    assert guest.loader == "pvgrub: found (hd0)/boot/grub/menu.lst"
+    # /dev/sda1 and /dev/sdf, numbered as EC2 numbers them (devices.py); the loader named them so
+    machine.wait_for(r"^fixture: devices", env.recipe.timeouts.boot, "guest f did not start", source="gf")
+    assert "fixture: devices vbd-2049 vbd-2128 vif-0" in _guest_text(machine, "f")
+    assert "(memdisk) (xen/sda1) (xen/sdf)" in _guest_text(machine, "f")
+    check.stop_guest(machine, "f", timer)
+
+
+def test_a_volume_numbered_below_the_root_takes_hd0_and_the_guest_does_not_boot(
+    env: Env, machine: XenMachine
+) -> None:
+    """Why devices.check_order refuses such a mapping: the loader reads hd0, the lowest vbd number."""
+    with pytest.raises(XenCheckFailed, match=r"pvgrub: FAIL no menu\.lst where PV-GRUB looks"):
+        check.boot_guest(machine, "g", env.disks["g"], check.Timer(print))
+    check.wait_gone(machine, "g", 60)
 
 
 def test_check_of_a_broken_disk_fails_within_its_deadline_and_leaves_no_qemu(

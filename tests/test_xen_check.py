@@ -27,6 +27,10 @@ def test_xen_check_boots_the_builds_pv_disk_and_gets_health_and_version(tmp_path
     assert record["menu_lst"] == "(hd0)/boot/grub/menu.lst"
     responses = {r["path"]: r for r in record["responses"]}
     assert responses["/health"]["status"] == 200
+    # the guest had the volumes an instance gets, named as EC2 names them (root sda1, scratch sdf),
+    # and the app's storage is on the scratch volume
+    assert "volumes      sda1 (root), sdf (scratch)" in done.stderr
+    assert json.loads(responses["/health"]["body"])["storage"] == "disc"
     version = json.loads(responses["/version"]["body"])
     assert version["build_id"] == built.build_id  # the guest runs this very build
     assert version["target"] == "beam" and version["env"] == "dev"

@@ -22,6 +22,8 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 echo "fixture: init, guest type $(cat /sys/hypervisor/guest_type 2>/dev/null)"
+# The Xen devices this guest was given, as xenstore numbers them (vbd-2049: the root /dev/sda1).
+echo "fixture: devices $(ls /sys/bus/xen/devices | tr '\n' ' ')"
 # Xen's shutdown request makes the kernel run poweroff_cmd; power off at once.
 printf '#!/bin/sh\necho "fixture: shutdown requested"\nexec poweroff -f\n' > /poweroff.sh
 chmod 755 /poweroff.sh

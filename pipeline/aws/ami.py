@@ -155,7 +155,7 @@ def publish(
     home = settings.aws.region
     virtualization = settings.virtualization
     if virtualization == "pv":
-        pv.check_instance_type(settings.deploy.instance_type)
+        pv.check_instance_type(settings.deploy.instance_type, target=settings.image.target)
     disk = select_disk(build, virtualization)
     ec2 = clients.ec2(home)
     manifest = build.manifest

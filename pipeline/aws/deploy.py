@@ -85,7 +85,9 @@ def deploy(
     missing, stack busy or stuck) and a :class:`DeployError` after rolling back a failed release.
     """
     runtime = runtime or Runtime()
-    pv.check_instance_type(settings.deploy.instance_type, settings.virtualization)
+    pv.check_instance_type(
+        settings.deploy.instance_type, settings.virtualization, target=settings.image.target
+    )
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
@@ -241,7 +243,10 @@ def rollback(
             "there is no previous release to return to",
         )
     pv.check_instance_type(
-        release.instance_type, release.virtualization, f"stack {d.name}: {target.capitalize()}InstanceType"
+        release.instance_type,
+        release.virtualization,
+        f"stack {d.name}: {target.capitalize()}InstanceType",
+        target=settings.image.target,
     )
     s = settings.deploy
     steps = rollout.rollout_steps(
@@ -300,7 +305,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
-    pv.check_instance_type(settings.deploy.instance_type, virtualization)
+    pv.check_instance_type(settings.deploy.instance_type, virtualization, target=settings.image.target)
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         out.append(
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")

@@ -31,29 +31,36 @@ PV_REGIONS = (
     "us-gov-west-1",
 )
 # The instance types that launch PV AMIs: the previous-generation C1, C3, M1, M2, M3 and T1 families
-# (AWS EC2 user guide, "Virtualization types" and "Previous generation instances"). The pipeline's
-# checks and the stack template's rule for PV colours are both made from this list.
-PV_INSTANCE_TYPES = (
-    "c1.medium",
-    "c1.xlarge",
-    "c3.large",
-    "c3.xlarge",
-    "c3.2xlarge",
-    "c3.4xlarge",
-    "c3.8xlarge",
-    "m1.small",
-    "m1.medium",
-    "m1.large",
-    "m1.xlarge",
-    "m2.xlarge",
-    "m2.2xlarge",
-    "m2.4xlarge",
-    "m3.medium",
-    "m3.large",
-    "m3.xlarge",
-    "m3.2xlarge",
-    "t1.micro",
-)
+# (AWS EC2 user guide, "Virtualization types" and "Previous generation instances"), with the memory of
+# each in MiB as EC2's DescribeInstanceTypes reports it (MemoryInfo.SizeInMiB). The pipeline's checks
+# and the stack template's rule for PV colours are both made from this table.
+PV_MEMORY_MIB: dict[str, int] = {
+    "c1.medium": 1740,
+    "c1.xlarge": 7168,
+    "c3.large": 3840,
+    "c3.xlarge": 7680,
+    "c3.2xlarge": 15360,
+    "c3.4xlarge": 30720,
+    "c3.8xlarge": 61440,
+    "m1.small": 1740,
+    "m1.medium": 3788,
+    "m1.large": 7680,
+    "m1.xlarge": 15360,
+    "m2.xlarge": 17510,
+    "m2.2xlarge": 35020,
+    "m2.4xlarge": 70041,
+    "m3.medium": 3840,
+    "m3.large": 7680,
+    "m3.xlarge": 15360,
+    "m3.2xlarge": 30720,
+    "t1.micro": 627,
+}
+PV_INSTANCE_TYPES = tuple(PV_MEMORY_MIB)
+# LING refuses a domain of more than 4 GiB at start-up: core/ling.c checks start_info.nr_pages (4 KiB
+# pages) against 1024*1024 and stops with "LING does not support domains larger than 4Gb". EC2 gives
+# a PV guest the whole memory of its instance type, so only types of at most 4096 MiB can run LING.
+LING_MAX_MEMORY_MIB = 4096
+LING_INSTANCE_TYPES = tuple(t for t, mib in PV_MEMORY_MIB.items() if mib <= LING_MAX_MEMORY_MIB)
 PV_FAMILIES = tuple(dict.fromkeys(t.split(".", 1)[0] for t in PV_INSTANCE_TYPES))
 AKI_NAME_PATTERN = "pv-grub-hd0_*"
 
@@ -62,8 +69,15 @@ def is_pv_instance_type(instance_type: str) -> bool:
     return instance_type.lower() in PV_INSTANCE_TYPES
 
 
-def instance_type_fits(instance_type: str, virtualization: str) -> bool:
-    """Whether EC2 can boot an image of ``virtualization`` ("hvm" or "pv") on ``instance_type``."""
+def instance_types_for(target: str) -> tuple[str, ...]:
+    """The PV instance types that can boot a PV image of ``target``."""
+    return LING_INSTANCE_TYPES if target == "ling" else PV_INSTANCE_TYPES
+
+
+def instance_type_fits(instance_type: str, virtualization: str, target: str = "beam") -> bool:
+    """Whether EC2 can boot an image of ``target`` and ``virtualization`` ("hvm" or "pv") on the type."""
+    if target == "ling":  # LING is PV only, and at most 4 GiB
+        return instance_type.lower() in LING_INSTANCE_TYPES
     return virtualization == "hvm" or is_pv_instance_type(instance_type)
 
 
@@ -74,10 +88,25 @@ def families() -> str:
 
 
 def check_instance_type(
-    instance_type: str, virtualization: str = "pv", where: str = "pipeline.toml: deploy.instance_type"
+    instance_type: str,
+    virtualization: str = "pv",
+    where: str = "pipeline.toml: deploy.instance_type",
+    target: str = "beam",
 ) -> None:
-    """Refuse an instance type that cannot boot an image of ``virtualization`` (one line, with a hint)."""
-    if not instance_type_fits(instance_type, virtualization):
+    """Refuse an instance type that cannot boot an image of ``target`` and ``virtualization`` (one
+    line, with a hint)."""
+    if (
+        target == "ling"
+        and is_pv_instance_type(instance_type)
+        and not instance_type_fits(instance_type, virtualization, target)
+    ):
+        mib = PV_MEMORY_MIB[instance_type.lower()]
+        raise ConfigError(
+            f'{where}: "{instance_type}" has {mib} MiB of memory, and LING stops at start-up in a '
+            f"domain over {LING_MAX_MEMORY_MIB} MiB (4 GiB)",
+            hint=f"use one of {', '.join(LING_INSTANCE_TYPES)} for the ling target",
+        )
+    if not instance_type_fits(instance_type, virtualization, target):
         raise ConfigError(
             f'{where}: "{instance_type}" cannot boot paravirtual (PV) images; PV runs only on '
             f"previous-generation types of the {families()} families",

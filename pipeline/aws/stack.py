@@ -90,6 +90,7 @@ class StackParams:
     allowed_cidrs: tuple[str, ...]
     scratch_size_gib: int
     existing_vpc: bool  # True: VpcId/SubnetIds parameters; False: the stack makes its own VPC
+    storage: str = "auto"  # app.storage: a ling instance gets a scratch volume only for GooFS
 
     @property
     def stack_name(self) -> str:
@@ -107,6 +108,7 @@ def params_for(settings: Settings) -> StackParams:
         allowed_cidrs=settings.deploy.allowed_cidrs,
         scratch_size_gib=settings.deploy.scratch_size_gib,
         existing_vpc=bool(settings.deploy.vpc_id),
+        storage=settings.app.storage,
     )
 
 
@@ -120,7 +122,7 @@ def blueprint(p: StackParams) -> Template:
     )
     common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
-    color_params = {color: _color_parameters(t, color) for color in COLORS}
+    color_params = {color: _color_parameters(t, color, p.target) for color in COLORS}
     vpc, subnets = _network(t, p, common)
 
     alb_sg = t.add_resource(
@@ -266,7 +268,7 @@ def blueprint(p: StackParams) -> Template:
     return t
 
 
-def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
+def _color_parameters(t: Template, color: Color, target: str) -> dict[str, Parameter]:
     c = color.capitalize()
     out = {
         "ImageId": Parameter(
@@ -305,9 +307,12 @@ def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:
             "RuleCondition": Equals(Ref(out["Virtualization"]), "pv"),
             "Assertions": [
                 {
-                    "Assert": {"Fn::Contains": [list(pv.PV_INSTANCE_TYPES), Ref(out["InstanceType"])]},
+                    "Assert": {
+                        "Fn::Contains": [list(pv.instance_types_for(target)), Ref(out["InstanceType"])]
+                    },
                     "AssertDescription": f"a paravirtual {color} image needs a PV-capable instance type "
-                    f"({pv.families()} families)",
+                    f"({pv.families()} families)"
+                    + (", of at most 4 GiB for LING" if target == "ling" else ""),
                 }
             ],
         },
@@ -414,8 +419,8 @@ def _color_resources(
             Tags=Tags(**colored),
         )
     )
-    pv_device = scratch_device(p.target, "pv")
-    hvm_device = scratch_device(p.target, "hvm")
+    pv_device = scratch_device(p.target, "pv", p.storage)
+    hvm_device = scratch_device(p.target, "hvm", p.storage)
     device: Any = hvm_device if pv_device == hvm_device else If(is_pv, pv_device, hvm_device)
     instance_tags = {**colored, tags.BUILD_ID: Ref(params["BuildId"]), "Name": f"{p.stack_name}-{color}"}
     template = t.add_resource(
@@ -428,21 +433,27 @@ def _color_resources(
                 MetadataOptions=ec2.MetadataOptions(
                     HttpEndpoint="enabled", HttpTokens="required", HttpPutResponseHopLimit=1
                 ),
-                BlockDeviceMappings=[
-                    # The scratch volume: per-instance storage that is created with the instance and
-                    # deleted with it, never carried over to a replacement.
-                    ec2.LaunchTemplateBlockDeviceMapping(
-                        DeviceName=device,
-                        Ebs=ec2.EBSBlockDevice(
-                            VolumeSize=p.scratch_size_gib,
-                            VolumeType="gp3",
-                            DeleteOnTermination=True,
-                            # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a PV
-                            # scratch volume follows the account's default encryption instead.
-                            Encrypted=If(is_pv, NoValue, True),
-                        ),
-                    )
-                ],
+                **(
+                    {
+                        "BlockDeviceMappings": [
+                            # The scratch volume: per-instance storage that is created with the instance
+                            # and deleted with it, never carried over to a replacement.
+                            ec2.LaunchTemplateBlockDeviceMapping(
+                                DeviceName=device,
+                                Ebs=ec2.EBSBlockDevice(
+                                    VolumeSize=p.scratch_size_gib,
+                                    VolumeType="gp3",
+                                    DeleteOnTermination=True,
+                                    # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a
+                                    # PV scratch volume follows the account's default encryption instead.
+                                    Encrypted=If(is_pv, NoValue, True),
+                                ),
+                            )
+                        ]
+                    }
+                    if device is not None
+                    else {}
+                ),
                 TagSpecifications=[
                     ec2.TagSpecifications(ResourceType=kind, Tags=Tags(**instance_tags))
                     for kind in ("instance", "volume")

@@ -4,8 +4,9 @@ What a LING image is (from LING's sources: ``core/arch/xen/startup.S``, ``core/e
 ``railing/railing.erl``):
 
 - A static ELF64 x86-64 executable, a Xen PV kernel that announces itself with the legacy
-  ``__xen_guest`` section (a NUL-terminated ``KEY=VALUE,...`` string with ``GUEST_OS=Ling`` and
-  ``XEN_VER=xen-3.0``), not with ELF notes.
+  ``__xen_guest`` section (a NUL-terminated ``KEY=VALUE,...`` string with ``GUEST_OS=Ling``,
+  ``XEN_VER=xen-3.0`` and ``LOADER=generic``), not with ELF notes. The section is checked as Xen's
+  loader checks it (:mod:`pipeline.images.xenguest`).
 - Every file the VM can read at run time is linked into ``.rodata`` as one blob, the *embedded file
   system*, starting at the symbol ``_binary_embed_fs_start`` (made by ``objcopy -I binary``, which also
   defines ``_binary_embed_fs_end``). Its layout, all integers big-endian::
@@ -41,11 +42,12 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from pipeline.errors import ImageError
+from pipeline.images import xenguest
 
 XEN_GUEST_SECTION = "__xen_guest"
 EMBED_START = "_binary_embed_fs_start"
 EMBED_END = "_binary_embed_fs_end"
-REQUIRED_GUEST = {"GUEST_OS": "Ling", "XEN_VER": "xen-3.0"}
+GUEST_OS = "Ling"
 VERIFY_HINT = "the image was not made by a working LING railing for Xen; check the build host's railing"
 
 
@@ -129,19 +131,24 @@ def read(path: Path) -> LingImage:
             elf = ELFFile(f)
             _check_header(elf, where)
             xen_guest = _xen_guest(elf, where)
+            refused = xenguest.refusal(xen_guest, loadable(elf))
+            if refused is not None:
+                raise ImageError(
+                    f"{where}: Xen would refuse to start it: {refused} ({XEN_GUEST_SECTION}: {xen_guest!r})",
+                    hint=VERIFY_HINT,
+                )
             blob = _embedded_blob(elf, where)
     except ELFError as err:
         raise ImageError(f"{where}: not an ELF file ({err})", hint=VERIFY_HINT) from err
     except OSError as err:
         raise ImageError(f"{where}: cannot read: {err.strerror}") from err
-    guest = _guest_fields(xen_guest)
-    for key, value in REQUIRED_GUEST.items():
-        if guest.get(key) != value:
-            raise ImageError(
-                f"{where}: {XEN_GUEST_SECTION} section says {key}={guest.get(key, '(missing)')}, "
-                f"expected {key}={value} (section: {xen_guest!r})",
-                hint=VERIFY_HINT,
-            )
+    guest = xenguest.fields(xen_guest)
+    if guest.get("GUEST_OS") != GUEST_OS:
+        raise ImageError(
+            f"{where}: {XEN_GUEST_SECTION} section says GUEST_OS={guest.get('GUEST_OS', '(missing)')}, "
+            f"expected GUEST_OS={GUEST_OS} (section: {xen_guest!r})",
+            hint=VERIFY_HINT,
+        )
     files = parse_embed_fs(blob, where)
     return LingImage(path, xen_guest, guest, files, _mounts(files, where))
 
@@ -169,13 +176,12 @@ def _xen_guest(elf: ELFFile, where: str) -> str:
     return data.split(b"\0", 1)[0].decode("ascii", errors="replace")
 
 
-def _guest_fields(text: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if sep:
-            out[key.strip()] = value.strip()
-    return out
+def loadable(elf: ELFFile) -> xenguest.Loadable:
+    # Xen's elf_parse_binary: the PT_LOAD segments with any of the R, W, X flags.
+    loads = [seg for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD" and seg["p_flags"] & 0x7]
+    start = min((int(seg["p_paddr"]) for seg in loads), default=0)
+    end = max((int(seg["p_paddr"]) + int(seg["p_memsz"]) for seg in loads), default=0)
+    return xenguest.Loadable(entry=int(elf["e_entry"]), start=start, end=end)
 
 
 def _embedded_blob(elf: ELFFile, where: str) -> bytes:

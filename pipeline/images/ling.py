@@ -7,8 +7,10 @@ SSH (``pipeline/remote.py``). The pipeline never builds LING itself.
 
 A build:
 1. probes the toolchain (``erl`` release, ``railing -v``, ``ld``) and refuses anything but OTP 17
-   and a Xen railing;
-2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host);
+   and a Xen railing, and, when the image mounts its scratch volume, a LING core without the disk
+   driver (``vmling.py``);
+2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host) and
+   removes what OTP 17 stamps into each beam (``beamfile.py``);
 3. stages the project as railing expects (``ebin/`` with the .app and beams, ``priv/`` with the
    rendered sys.config), renders the boot line (``templates/ling.bootline.j2``; at most 1023
    characters, Xen's limit) and runs ``railing image -n NAME -m MB -e EXTRA -i priv -l LIB...``;
@@ -31,7 +33,7 @@ from pipeline import blocks, erlang, render, ui
 from pipeline.config import LingSettings, Settings
 from pipeline.erlang import BUILD_APP_SCRIPT, CompiledApp
 from pipeline.errors import CompileError, ImageError, ToolFailed, ToolMissing
-from pipeline.images import BuildContext, disk, elfcheck
+from pipeline.images import BuildContext, beamfile, devices, disk, elfcheck, vmling
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.remote import Host, open_host, workdir
 
@@ -45,6 +47,12 @@ WHY_OTP17 = (
     "OTP 17's kernel and stdlib"
 )
 OTP_HINT = "set ling.otp_bin to the bin directory of an Erlang/OTP 17 installation (on the build host)"
+# What a ling image depends on besides the build's inputs (see beamfile.py), for the manifest.
+REPRODUCIBLE = (
+    "byte-identical for the same sources, settings and toolchain installation: the compile time and "
+    "source path OTP 17 stamps into the app's beams are removed; OTP 17's own libraries and start.boot "
+    "are embedded as installed on the build host"
+)
 RAILING_HINT = "install LING's railing escript where the toolchain runs and set ling.railing to its path"
 
 # Prints "<otp_release> <erts version> <full OTP version or ->"; runs on every release from 17 on.
@@ -83,8 +91,9 @@ class LingToolchain:
         return f"{self.otp_bin.rstrip('/')}/{name}" if self.otp_bin else name
 
 
-def probe(host: Host, s: LingSettings) -> LingToolchain:
-    """Find out what the toolchain on ``host`` is; refuse one that cannot make LING images."""
+def probe(host: Host, s: LingSettings, disk: bool = False) -> LingToolchain:
+    """Find out what the toolchain on ``host`` is; refuse one that cannot make LING images, or (with
+    ``disk``: the image mounts its scratch volume) whose LING core has no disk driver."""
     where = f"ling toolchain ({host.label})"
     erl = f"{s.otp_bin.rstrip('/')}/erl" if s.otp_bin else "erl"
     try:
@@ -123,6 +132,8 @@ def probe(host: Host, s: LingSettings) -> LingToolchain:
             "not Xen images",
             hint="use a railing built for Xen (LING's default ARCH=xen)",
         )
+    if disk:
+        vmling.check_railing(host, s.railing, s.otp_bin, where, hint=RAILING_HINT)
     try:
         ld = host.run(["ld", "--version"], path=s.otp_bin, what="ld", quiet=True).strip().splitlines()[0]
     except ToolMissing as err:
@@ -146,20 +157,21 @@ class LingTarget:
     name = "ling"
 
     def __init__(self) -> None:
-        self._probed: dict[LingSettings, LingToolchain] = {}
+        self._probed: dict[tuple[LingSettings, bool], LingToolchain] = {}
 
     def toolchain(self, settings: Settings) -> LingToolchain:
         """The probed toolchain for ``settings`` (probed once per target object)."""
         s = settings.ling
-        if s not in self._probed:
+        key = (s, devices.ling_goofs(settings.app.storage))
+        if key not in self._probed:
             with open_host(s, _local_base(settings)) as host:
-                self._probed[s] = probe(host, _local_paths(settings))
-            tc = self._probed[s]
+                self._probed[key] = probe(host, _local_paths(settings), disk=key[1])
+            tc = self._probed[key]
             ui.say(
                 f"ling toolchain ({tc.where}): Erlang/OTP {tc.otp_version} (erts {tc.erts_version}), "
                 f"railing {tc.railing_version}, {tc.binutils}"
             )
-        return self._probed[s]
+        return self._probed[key]
 
     def tool_versions(self, settings: Settings) -> dict[str, str]:
         return self.toolchain(settings).versions()
@@ -190,6 +202,8 @@ class LingTarget:
                     ) from err
                 app = erlang.parse_summary(summary, out)
                 host.download_tree(f"{wd}/out/{app.directory.name}/ebin", app.ebin)
+        # OTP 17 stamps each beam with the time and the build host's path; railing keeps both.
+        beamfile.normalise_dir(app.ebin)
         priv = settings.app_dir / "priv"
         if priv.is_dir():
             shutil.copytree(priv, app.directory / "priv", dirs_exist_ok=True)
@@ -228,6 +242,13 @@ class LingTarget:
                     raise ImageError(f"railing image failed: {err.message}", hint=err.hint) from err
                 host.download(f"{there}/{project}.img", image)
                 host.download(f"{there}/domain_config", domain_config)
+                if context["ling"]["goofs"]:
+                    # the core railing linked, as it unpacked it (also when railing is a wrapper)
+                    host.download(f"{there}/.railing/{vmling.CORE}", out / vmling.CORE)
+        if context["ling"]["goofs"]:
+            core = (out / vmling.CORE).read_bytes()
+            vmling.require_disk_driver(core, tc.railing, f"ling toolchain ({tc.where})", hint=RAILING_HINT)
+            (out / vmling.CORE).unlink()
         expected = elfcheck.Expected(
             project=project,
             app=app.name,
@@ -256,6 +277,7 @@ class LingTarget:
             "domain_config": domain_config.relative_to(ctx.out).as_posix(),
             "xen_guest": verified.xen_guest,
             "toolchain": tc.versions(),
+            "reproducible": REPRODUCIBLE,
             "embedded": verified.listing(),
             "disks": [record],
         }
@@ -307,7 +329,7 @@ def boot_context(settings: Settings, app: CompiledApp, project: str, stage: Path
         "project": project,
         "code_path": [f"/{project}/{d}" for d in dirs],
         "config_path": f"/{project}/priv/sys.config",
-        "goofs": settings.app.storage != "ram",
+        "goofs": devices.ling_goofs(settings.app.storage),
         "start_module": start_module(app),
     }
 

@@ -2,8 +2,10 @@
 
 The disk is the file that becomes the PV AMI. It is first checked the way PV-GRUB reads it
 (:func:`pipeline.xen.pvdisk.inspect`), then booted: Xen and dom0 in QEMU, the guest created with the
-PV-GRUB-compatible loader as its kernel and the disk as ``xvda``, and the app's ``/health`` and
-``/version`` fetched from this host through a forwarded port. Then the guest is asked to shut down
+PV-GRUB-compatible loader as its kernel and the volumes an instance of the AMI gets, under the names
+EC2 gives them (``pipeline/images/devices.py``: the disk as the root ``sda1``, vbd 2049, and a new
+blank scratch volume at its launch-template name, if the target has one), and the app's ``/health``
+and ``/version`` fetched from this host through a forwarded port. Then the guest is asked to shut down
 and the machine powered off. Each phase's time is recorded.
 
 Failures raise :class:`~pipeline.xen.machine.XenCheckFailed` with the console lines that show why
@@ -16,6 +18,7 @@ from __future__ import annotations
 import http.client
 import logging
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -29,9 +32,10 @@ from typing import Any
 
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
+from pipeline.images import devices
 from pipeline.xen import host as xenhost
 from pipeline.xen import pvdisk, recipe
-from pipeline.xen.machine import XenCheckFailed, XenMachine
+from pipeline.xen.machine import Guest, GuestDisk, XenCheckFailed, XenMachine
 
 log = logging.getLogger(__name__)
 
@@ -145,13 +149,41 @@ def check(
     r = recipe.load(settings.root)
     test_host = xenhost.prepare(settings.root, r, cache)
     timer.lap("test host", f"{test_host.directory}")
-    with running(settings, r, test_host, [disk], timer) as machine:
-        guest = boot_guest(machine, "a", disk, timer)
-        guest.responses = probe(machine, "a", r.timeouts.boot, timer)
-        guest.outcome = "answered"
-        stop_guest(machine, "a", timer)
-    timer.lap("poweroff")
+    with instance_disks(settings, disk) as instance:
+        say(
+            "  volumes      "
+            + ", ".join(f"{d.vdev} ({'root' if i == 0 else 'scratch'})" for i, d in enumerate(instance.disks))
+        )
+        with running(settings, r, test_host, [instance], timer) as machine:
+            guest = boot_guest(machine, "a", disk, timer)
+            guest.responses = probe(machine, "a", r.timeouts.boot, timer)
+            guest.outcome = "answered"
+            stop_guest(machine, "a", timer)
+        timer.lap("poweroff")
     return CheckResult(disk, inspected, test_host, guest, timer.phases, machine.run_dir / "console.log")
+
+
+@contextmanager
+def instance_disks(settings: Settings, disk: Path) -> Iterator[Guest]:
+    """The volumes an instance of the AMI made from ``disk`` gets, named as EC2 names them: the disk as
+    the root volume and, when the target has one, a new blank sparse scratch volume of
+    ``deploy.scratch_size_gib`` (removed on exit)."""
+    layout = devices.mapping(settings.image.target, "pv", settings.app.storage)
+    scratch_file: Path | None = None
+    disks = []
+    for device in layout:
+        if device.role == "root":
+            disks.append(GuestDisk(disk, device.vdev))
+        else:
+            scratch_file = _runs_dir(settings) / f"scratch-{secrets.token_hex(4)}.img"
+            with scratch_file.open("xb") as f:  # sparse and all zeros, as a new EBS volume reads
+                f.truncate(settings.deploy.scratch_size_gib << 30)
+            disks.append(GuestDisk(scratch_file, device.vdev, writable=True))
+    try:
+        yield Guest(tuple(disks))
+    finally:
+        if scratch_file is not None:
+            scratch_file.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -159,16 +191,17 @@ def running(
     settings: Settings,
     r: recipe.XenRecipe,
     test_host: xenhost.PreparedHost,
-    disks: Sequence[Path],
+    guests: Sequence[Path | Guest],
     timer: Timer,
 ) -> Iterator[XenMachine]:
-    """A running Xen test host with ``disks`` attached, dom0 ready; powered off (QEMU gone) on exit."""
+    """A running Xen test host with the disks of ``guests`` attached (a path: a guest with that disk as
+    its root volume), dom0 ready; powered off (QEMU gone) on exit."""
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=_runs_dir(settings)))
     machine = XenMachine(
         test_host,
         r,
         settings.root / "templates",
-        disks,
+        guests,
         run_dir,
         guest_memory_mb=settings.image.memory_mb,
         guest_port=settings.app.port,

@@ -3,8 +3,10 @@
 QEMU (``-accel tcg``: the machine's KVM cannot run Xen) boots the hypervisor as a multiboot kernel
 with dom0's kernel and initramfs as modules. One serial port carries Xen's log, dom0's console and,
 copied by dom0 with a ``gN| `` prefix, the console of each guest; the host writes dom0's commands to
-the same port (see ``templates/xen/dom0-init.sh.j2``). Each disk to boot is a virtio disk of dom0
-(``snapshot=on``: the image file is never written), which dom0 gives to guest N as its ``xvda``.
+the same port (see ``templates/xen/dom0-init.sh.j2``). Each guest's disks are virtio disks of dom0
+(a boot disk with ``snapshot=on``: the image file is never written), which dom0 gives to the guest
+under the names EC2 gives the AMI's volumes (``sda1`` for the root, vbd 2049; see
+``pipeline/images/devices.py``), so the guest and its loader see the disk numbers EC2 would give.
 QEMU's user-mode network, restricted to this host, forwards a local port to the guest's address on
 the bridge, so the host can talk HTTP to the guest.
 
@@ -32,14 +34,16 @@ from typing import IO
 
 from pipeline import render
 from pipeline.errors import PipelineError
+from pipeline.images import devices
 from pipeline.proc import which
 from pipeline.xen.host import PreparedHost, cpio
 from pipeline.xen.recipe import XenRecipe
 
 log = logging.getLogger(__name__)
 
+MAX_DISKS = 24  # virtio disks of dom0 (each a PCI device of QEMU's machine)
 GUEST_ADDRESS = "10.0.2.15"  # the first address QEMU's DHCP server hands out: the guest's (dom0 asks none)
-DISK_PREFIX = "/dev/vd"  # dom0's virtio disks: guest N (a, b, ...) boots /dev/vd{N}
+DISK_PREFIX = "/dev/vd"  # dom0's virtio disks, in the order of QEMU's -drive options
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f\x7f]")
 _GUEST = re.compile(r"^g([a-t])\| ?(.*)$")
 EXCERPT_LINES = 12
@@ -52,6 +56,29 @@ class XenCheckFailed(PipelineError):
         shown = " | ".join(line.strip() for line in excerpt[-6:] if line.strip())
         super().__init__(message + (f"; console: {shown}" if shown else ""), hint=hint)
         self.excerpt = list(excerpt)
+
+
+@dataclass(frozen=True)
+class GuestDisk:
+    """A disk file given to a guest under the name ``vdev`` (an EC2 device name without ``/dev/``)."""
+
+    file: Path
+    vdev: str
+    writable: bool = False  # False: the file is never written (QEMU's snapshot=on)
+
+
+@dataclass(frozen=True)
+class Guest:
+    """The disks of one guest, the boot disk first."""
+
+    disks: tuple[GuestDisk, ...]
+
+    @classmethod
+    def booting(cls, disk: Path | Guest) -> Guest:
+        """A guest with ``disk`` as its root volume (at EC2's PV root name), or ``disk`` itself."""
+        if isinstance(disk, Guest):
+            return disk
+        return cls((GuestDisk(Path(disk), devices.PV_ROOT.removeprefix("/dev/")),))
 
 
 @dataclass(frozen=True)
@@ -72,18 +99,22 @@ class XenMachine:
         host: PreparedHost,
         recipe: XenRecipe,
         templates: Path,
-        disks: Sequence[Path],
+        guests: Sequence[Path | Guest],
         run_dir: Path,
         guest_memory_mb: int,
         guest_port: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not disks or len(disks) > 20:
-            raise PipelineError(f"xen: expected 1-20 disks to boot, got {len(disks)}")
+        self.guests = [Guest.booting(g) for g in guests]
+        count = sum(len(g.disks) for g in self.guests)
+        if not self.guests or len(self.guests) > 20 or count > MAX_DISKS:
+            raise PipelineError(
+                f"xen: expected 1-20 guests and at most {MAX_DISKS} disks, got {len(self.guests)} and {count}"
+            )
         self.host = host
         self.recipe = recipe
         self.templates = templates
-        self.disks = [Path(d) for d in disks]
+        self.disks = [d for g in self.guests for d in g.disks]
         self.run_dir = run_dir
         self.guest_memory_mb = guest_memory_mb
         self.guest_port = guest_port
@@ -154,7 +185,9 @@ class XenMachine:
             "-device", "e1000,netdev=net0",
         ]  # fmt: skip
         for disk in self.disks:
-            argv += ["-drive", f"file={_qemu_escape(str(disk.resolve()))},format=raw,if=virtio,snapshot=on"]
+            snapshot = "" if disk.writable else ",snapshot=on"
+            file = _qemu_escape(str(disk.file.resolve()))
+            argv += ["-drive", f"file={file},format=raw,if=virtio{snapshot}"]
         return argv
 
     def _overlay(self) -> bytes:
@@ -162,7 +195,6 @@ class XenMachine:
         stage = self.run_dir / "overlay"
         ctx = {
             "modules": self.host.modules,
-            "disk_prefix": DISK_PREFIX,
             "stop_timeout": int(self.recipe.timeouts.stop * 2 // 3),
         }
         files = {
@@ -171,12 +203,24 @@ class XenMachine:
             "etc/xen/scripts/vif": render.render(self.templates, "xen/vif.j2", {}),
             "etc/xen/xl.conf": 'autoballoon = "off"\n',
         }
-        for index in range(len(self.disks)):
-            files[f"etc/xen/guest-{chr(ord('a') + index)}.cfg"] = render.render(
+        drive = 0
+        for index, guest in enumerate(self.guests):
+            name = chr(ord("a") + index)
+            files[f"etc/xen/guest-{name}.cfg"] = render.render(
                 self.templates,
                 "xen/guest.cfg.j2",
-                {"index": chr(ord("a") + index), "memory_mb": self.guest_memory_mb, "mac": _mac(index)},
+                {
+                    "index": name,
+                    "memory_mb": self.guest_memory_mb,
+                    "mac": _mac(index),
+                    "vdevs": [d.vdev for d in guest.disks],
+                },
             )
+            # dom0's device of each of the guest's disks, in the guest's order (@DISK0@, @DISK1@, ...)
+            files[f"etc/xen/guest-{name}.devs"] = (
+                " ".join(_dom0_disk(drive + i) for i in range(len(guest.disks))) + "\n"
+            )
+            drive += len(guest.disks)
         for rel, text in files.items():
             path = stage / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,6 +377,16 @@ def free_port() -> int:
 
 def _about_guest(line: Line) -> bool:
     return bool(re.search(r"\bd[1-9]\d*v\d|[Dd]omain [1-9]|RIP:", line.text))
+
+
+def _dom0_disk(index: int) -> str:
+    """dom0's name of QEMU's ``index``-th virtio disk: /dev/vda ... /dev/vdz, /dev/vdaa, ..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return DISK_PREFIX + letters
 
 
 def _mac(index: int) -> str:

@@ -4,7 +4,8 @@ PV-GRUB loads ELF kernels, plain or compressed (gzip, bzip2, lzo, xz), and Linux
 protected-mode payload is such a compressed ELF (x86 boot protocol 2.08+: ``payload_offset`` and
 ``payload_length`` in the setup header). A kernel is a Xen PV kernel when that ELF is 64-bit x86-64
 and announces itself to Xen: with ELF notes named ``Xen`` (Linux, Mini-OS) or with the legacy
-``__xen_guest`` section (LING). Only :func:`for_pv_grub` runs a program (a decompressor).
+``__xen_guest`` section (LING), checked as Xen's loader checks it. Only :func:`for_pv_grub` runs a
+program (a decompressor).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.segments import NoteSegment
 
+from pipeline.images import xenguest
+from pipeline.images.elfcheck import loadable
 from pipeline.proc import run
 
 ELF_MAGIC = b"\x7fELF"
@@ -69,10 +72,16 @@ def inspect(data: bytes) -> PvKernel:
         raise NotPvKernel(
             f"{packing}: ELF{f.elfclass} {f['e_machine']}; a 64-bit PV-GRUB boots only x86-64 kernels"
         )
-    if f.get_section_by_name("__xen_guest") is not None:
-        return PvKernel(packing, int(f["e_entry"]), "__xen_guest")
+    # Xen reads the legacy __xen_guest section only when there are no Xen ELF notes.
     if _has_xen_notes(f):
         return PvKernel(packing, int(f["e_entry"]), "elf notes")
+    section = f.get_section_by_name("__xen_guest")
+    if section is not None:
+        text = bytes(section.data()).split(b"\0", 1)[0].decode("ascii", errors="replace")
+        refused = xenguest.refusal(text, loadable(f))
+        if refused is not None:
+            raise NotPvKernel(f"{packing}: Xen would refuse to start it: {refused} (__xen_guest: {text!r})")
+        return PvKernel(packing, int(f["e_entry"]), "__xen_guest")
     raise NotPvKernel(
         f"{packing}: the ELF has neither Xen ELF notes nor a __xen_guest section, so Xen cannot start "
         "it as a PV guest"

@@ -8,7 +8,11 @@ difference: ``erl``, asked ``erlang:system_info(otp_release)`` in an ``-eval`` e
 release named by ``releases/<R>``. Everything is compiled by the host's OTP (25): the stand-in
 toolchain *reports* 17 but its beams are OTP 25 beams, which real LING could not load. That is why
 the tests that use it only check what the pipeline does with a toolchain, never that LING would run
-the result.
+the result. So that the railing stand-in can tell its beams from any other OTP 25 beams (which LING's
+railing refuses), the compiler it runs records ``{standin_otp_release, R}`` in each beam's compile info
+(``ERL_COMPILER_OPTIONS``, which OTP's compiler adds to every compilation). And like OTP 17's compiler,
+which has no ``deterministic`` option (lib/compiler/src/beam_asm.erl in OTP 17.5 always writes
+``{time, ...}`` and ``{source, AbsolutePath}``), it records the time and the directory it runs in.
 
 Made by ``tests.railing_standin.make_toolchain(dest, release)``.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -32,6 +37,12 @@ def main() -> None:
     args = sys.argv[1:]
     if tool == "erl":
         args = [a.replace("erlang:system_info(otp_release)", f'"{release}"') for a in args]
+    now = time.gmtime()
+    stamp = f"{{{now.tm_year},{now.tm_mon},{now.tm_mday},{now.tm_hour},{now.tm_min},{now.tm_sec}}}"
+    cwd = os.getcwd().replace("\\", "\\\\").replace('"', '\\"')
+    os.environ["ERL_COMPILER_OPTIONS"] = (
+        f'[{{compile_info, [{{standin_otp_release, "{release}"}}, {{time, {stamp}}}, {{source, "{cwd}"}}]}}]'
+    )
     os.execv(real, [real, *args])
 
 

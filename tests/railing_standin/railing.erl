@@ -1,18 +1,23 @@
-#!/usr/bin/env escript
-%% -*- erlang -*-
 %% TEST DOUBLE: a stand-in for LING's `railing` (Erlang on Xen, cloudozer/ling, railing/railing.erl),
 %% which cannot exist on the test machines (it needs LING's prebuilt core, vmling.o, built with OTP 17).
 %% Used only by the pipeline's tests; the pipeline calls it exactly as it calls the real railing.
+%% tests/railing_standin/__init__.py builds it into an escript as LING's railing/escriptize does:
+%% this module's beam plus vmling.o and ling.lds in the escript's archive.
 %%
 %% What it follows, as documented by LING's sources:
 %% - the command line: `railing image [-l LIB]... [-i DIR]... [-x PREFIX]... [-n NAME] [-d FILE]
 %%   [-m MB] [-e EXTRA]... [-v] [-h]` (long forms --lib --include --exclude --name --domain --memory
 %%   --extra --version --help, also --opt=VALUE and -oVALUE); `-v` prints
 %%   "LING v<version> (railing build for xen)"; it refuses an Erlang/OTP release below 17.
+%% - it unpacks its own archive (vmling.o, ling.lds, ...) into .railing, as railing does with
+%%   escript:extract/2 and zip:unzip/1.
 %% - the files: `**/ebin/*.{app,beam}` under the current directory plus every file under each `-i`
 %%   directory, minus `-x` prefixes and `.railing`; the libraries kernel, stdlib and each `-l` from the
 %%   running Erlang's code:lib_dir/1; a `boot` bucket with `local.map` and the running Erlang's
 %%   bin/start.boot.
+%% - each beam becomes <module>.ling, LING's module container as bc/ling_lib.erl's specs_to_binary/1
+%%   writes it: "FOR1" Size "LING" and the chunks Atom, ExpT, ImpT, Code, CatT, FunT, StrT, LitT, and
+%%   Attr and CInf when the beam has them (the beam's attributes and compile info, as they are).
 %% - the embedded file system `.railing/embed.fs` (big-endian: <<Buckets:32, Files:32>>, per bucket
 %%   <<NameLen:8, Name, Count:32>>, per file <<NameLen:8, Name, Size:32, Data>>), buckets named and
 %%   mounted as railing does (project dir `a/ebin` -> bucket `a`, `ebin` -> `top`, mounted at
@@ -23,18 +28,28 @@
 %% - the Xen domain config file (`domain_config` or -d): name, kernel, extra (the -e extras, then
 %%   "-home /<project> -pz /<project>/<dir>..."), memory (if -m), vif; refused when extra would
 %%   reach 1024 characters.
+%% - failures: a command that fails (`ok = sh(...)` getting {error, Status}) and a beam its translator
+%%   cannot read crash the escript, which then exits with status 127 and an "escript: exception
+%%   error: ..." report, as railing's do.
 %%
 %% Where it differs (it cannot do what only LING's core can):
-%% - vmling.o is not LING's VM: it is assembled here from a few lines with `as`, holding the same
-%%   `__xen_guest` string as LING's startup.S and a `_start` that halts. The image does not boot.
-%% - Beams are not translated to LING code. Each <module>.ling is LING's container format
-%%   ("FOR1" Size "LING" + chunks) with only the `Atom` chunk (the module's atoms, sorted) and the
-%%   `ExpT` chunk (its exports), read from the beam.
+%% - vmling.o is not LING's VM (see __init__.py): a relocatable object with LING's `__xen_guest`
+%%   string, a `_start` that halts and, like LING's core/outlet.c, an `outlet_drivers` table that
+%%   references `ol_disk_factory` only when built with the disk driver. The image does not boot.
+%% - Beams are not translated to LING code: the Code, CatT and FunT chunks are empty, ExpT offsets
+%%   are 0 and there is no Line chunk.
+%% - Which beams it refuses: railing decodes a beam's code with OTP 17's opcode table and a whitelist
+%%   of OTP 17 instructions (bc/ling_disasm.erl), so a beam compiled by a later OTP crashes it. The
+%%   stand-in runs on the host's OTP and cannot decode by OTP 17's table; it refuses a project beam
+%%   whose compile info names a compiler other than OTP 17's (5.0.x) unless the stand-in OTP 17
+%%   (fake_otp.py, which compiles with the host's OTP) marked it {standin_otp_release, "17"}. Beams
+%%   of the libraries come from the running OTP, the stand-in for OTP 17, and are not checked.
 %%
 %% Test hooks (environment): RAILING_STANDIN_LOG=FILE appends each call's arguments and working
-%% directory to FILE as a JSON line; RAILING_STANDIN_FAIL=after-embedfs stops with an error after
-%% writing embed.fs (a railing failing mid-way).
--mode(compile).
+%% directory to FILE as a JSON line; RAILING_STANDIN_FAIL=after-embedfs makes objcopy fail after
+%% embed.fs is written (a railing failing mid-way).
+-module(railing).
+-export([main/1]).
 
 -define(VERSION, "0.5.0-standin").
 -define(OTP_VER, "17").
@@ -129,6 +144,8 @@ image(Opts) ->
     Files = [F || F <- Includes, not lists:any(fun(E) -> lists:prefix(E, F) end, Excludes)],
     Libs = [kernel, stdlib | [L || {lib, L} <- Opts]],
     ok = filelib:ensure_dir(filename:join(?CACHE, "x")),
+    unpack_archive(),
+    [check_otp17(F) || F <- Files, filename:extension(F) =:= ".beam"],
     DirFiles = [{filename:dirname(F), F} || F <- lists:usort(Files)],
     Custom = [{bucket_name(Dir), filename:join(["/", Project, Dir]),
                [entry(bucket_name(Dir), F) || {D, F} <- DirFiles, D =:= Dir]}
@@ -143,16 +160,13 @@ image(Opts) ->
     io:format("Generate: ~s~n", [ImgName]),
     EmbedFs = filename:join(?CACHE, "embed.fs"),
     ok = file:write_file(EmbedFs, embed_fs(Buckets)),
-    case os:getenv("RAILING_STANDIN_FAIL") of
-        "after-embedfs" ->
-            io:format("Run: objcopy ... embed.fs~nobjcopy: embed.fs: Input/output error~n"),
-            halt(1);
-        _ -> ok
-    end,
-    ok = vmling(),
+    Input = case os:getenv("RAILING_STANDIN_FAIL") of
+                "after-embedfs" -> "embed.fs.unreadable";
+                _ -> "embed.fs"
+            end,
     ok = sh(["objcopy", "-I", "binary", "-O", "elf64-little", "--alt-machine-code", "62",
              "--rename-section", ".data=.rodata,alloc,load,readonly,data,contents",
-             "embed.fs", "embedfs.o"]),
+             Input, "embedfs.o"]),
     ok = sh(["ld", "-T", "ling.lds", "-nostdlib", "vmling.o", "embedfs.o", "-o", "../" ++ ImgName]),
     domain_config(Project, ImgName, Custom, Opts).
 
@@ -179,16 +193,52 @@ entry(_Bucket, File) ->
     end.
 
 %% LING's module container (bc/ling_lib.erl specs_to_binary/1): "FOR1" Size "LING" then chunks, each
-%% <<Tag:4/bytes, Size:32, Body, pad to 4>>. Atom: <<Count:32>> then <<Len:8, Name>> per atom.
-%% ExpT: <<Count:32>> then <<AtomIndex:32, Arity:32, Offset:32>> per export (offset 0 here).
+%% <<Tag:4/bytes, Size:32, Body, pad to 4>>, in railing's order. Atom: <<Count:32>> then <<Len:8, Name>>
+%% per atom (the beam's atom table, in its order); ExpT: <<Count:32>> then <<Atom:32, Arity:32,
+%% Offset:32>> (offset 0 here); ImpT: <<Count:32>> then <<ModAtom:32, FunAtom:32, Arity:32>>;
+%% StrT: the beam's; LitT: <<Count:32>> then <<Size:32, term_to_binary(Literal)>>; Attr and CInf:
+%% term_to_binary of the beam's attributes and compile info, and left out when the beam has none.
 ling_container(Beam) ->
-    {ok, {Mod, [{atoms, Indexed}, {exports, Exports}]}} = beam_lib:chunks(Beam, [atoms, exports]),
-    Atoms = lists:usort([A || {_, A} <- Indexed] ++ [Mod]),
+    {ok, {Mod, [{atoms, Indexed}, {exports, Exports}, {imports, Imports}]}} =
+        beam_lib:chunks(Beam, [atoms, exports, imports]),
+    Atoms = [A || {_, A} <- lists:keysort(1, Indexed)],
     Index = fun(A) -> length(lists:takewhile(fun(X) -> X =/= A end, Atoms)) end,
     AtomT = [<<(length(Atoms)):32>> | [[length(atom_to_list(A)), atom_to_list(A)] || A <- Atoms]],
     ExpT = [<<(length(Exports)):32>> | [<<(Index(F)):32, N:32, 0:32>> || {F, N} <- Exports]],
-    Chunks = iolist_to_binary([chunk("Atom", AtomT), chunk("ExpT", ExpT)]),
+    ImpT = [<<(length(Imports)):32>> | [<<(Index(M)):32, (Index(F)):32, N:32>> || {M, F, N} <- Imports]],
+    Literals = [term_to_binary(L) || L <- literals(Beam)],
+    LitT = [<<(length(Literals)):32>> | [<<(byte_size(L)):32, L/binary>> || L <- Literals]],
+    Optional = [{Tag, term_to_binary(binary_to_term(Bin))}
+                || {Tag, Bin} <- [raw_chunk(Beam, "Attr"), raw_chunk(Beam, "CInf")], Bin =/= missing],
+    Chunks = iolist_to_binary(
+               [chunk("Atom", AtomT), chunk("ExpT", ExpT), chunk("ImpT", ImpT), chunk("Code", <<0:32>>),
+                chunk("CatT", <<0:32>>), chunk("FunT", <<0:32>>), chunk("StrT", str_table(Beam)),
+                chunk("LitT", LitT) | [chunk(Tag, Bin) || {Tag, Bin} <- Optional]]),
+    _ = Mod,
     <<"FOR1", (byte_size(Chunks) + 4):32, "LING", Chunks/binary>>.
+
+raw_chunk(Beam, Tag) ->
+    case beam_lib:chunks(Beam, [Tag]) of
+        {ok, {_, [{Tag, Bin}]}} -> {Tag, Bin};
+        _ -> {Tag, missing}
+    end.
+
+str_table(Beam) ->
+    case raw_chunk(Beam, "StrT") of {_, missing} -> <<>>; {_, Bin} -> Bin end.
+
+%% The beam's literal table ("LitT": <<UncompressedSize:32, zlib data>>, or stored when the size is 0),
+%% as railing's disassembler decodes it: <<Count:32>> then <<Size:32, ExternalTerm>> per literal.
+literals(Beam) ->
+    case raw_chunk(Beam, "LitT") of
+        {_, missing} -> [];
+        {_, <<0:32, Table/binary>>} -> decode_literals(Table);
+        {_, <<_:32, Compressed/binary>>} -> decode_literals(zlib:uncompress(Compressed))
+    end.
+
+decode_literals(<<_Count:32, Rest/binary>>) -> decode_literal(Rest).
+
+decode_literal(<<>>) -> [];
+decode_literal(<<Size:32, Term:Size/binary, Rest/binary>>) -> [binary_to_term(Term) | decode_literal(Rest)].
 
 chunk(Tag, Body0) ->
     Body = iolist_to_binary(Body0),
@@ -209,36 +259,25 @@ name8(Name) ->
     Bin = list_to_binary(Name),
     <<(byte_size(Bin)):8, Bin/binary>>.
 
-%% The stand-in for LING's core: LING's __xen_guest string (core/arch/xen/startup.S, x86_64) and a
-%% _start that halts, plus a linker script with LING's layout (ENTRY(_start), . = 0, .text .rodata
-%% .data .bss).
-vmling() ->
-    Asm = [
-        "\t.section __xen_guest\n",
-        "\t.ascii \"GUEST_OS=Ling\"\n",
-        "\t.ascii \",XEN_VER=xen-3.0\"\n",
-        "\t.ascii \",VIRT_BASE=0x0\"\n",
-        "\t.ascii \",ELF_PADDR_OFFSET=0x0\"\n",
-        "\t.ascii \",HYPERCALL_PAGE=0x1\"\n",
-        "\t.ascii \",LOADER=generic\"\n",
-        "\t.byte 0\n",
-        "\t.text\n",
-        "\t.globl _start\n",
-        "_start:\n",
-        "1:\thlt\n",
-        "\tjmp 1b\n"],
-    Lds = [
-        "ENTRY(_start)\n",
-        "SECTIONS\n{\n",
-        "  . = 0;\n",
-        "  .text : { *(.text) }\n",
-        "  .rodata : { *(.rodata) }\n",
-        "  .data : { *(.data) }\n",
-        "  .bss : { *(.bss) }\n",
-        "}\n"],
-    ok = file:write_file(filename:join(?CACHE, "vmling.S"), Asm),
-    ok = file:write_file(filename:join(?CACHE, "ling.lds"), Lds),
-    sh(["as", "--64", "-o", "vmling.o", "vmling.S"]).
+%% railing's own archive (the escript's) holds vmling.o and ling.lds: unpack it into .railing.
+unpack_archive() ->
+    {ok, Sections} = escript:extract(escript:script_name(), []),
+    Archive = proplists:get_value(archive, Sections),
+    {ok, _} = zip:unzip(Archive, [{cwd, ?CACHE}]),
+    ok.
+
+%% A project beam compiled by another OTP than 17 crashes the escript (see the header).
+check_otp17(Beam) ->
+    case beam_lib:chunks(Beam, [compile_info]) of
+        {ok, {_, [{compile_info, Info}]}} ->
+            Version = proplists:get_value(version, Info, ""),
+            Marked = proplists:get_value(standin_otp_release, Info),
+            case lists:prefix("5.0", Version) orelse Marked =:= ?OTP_VER of
+                true -> ok;
+                false -> erlang:error({not_compiled_by_otp17, Beam, {compiler, Version}})
+            end;
+        _ -> ok  % no compile info: nothing says which OTP made it
+    end.
 
 sh([Prog | Args]) ->
     case os:find_executable(Prog) of
@@ -258,7 +297,7 @@ sh_loop(Port) ->
         {Port, {data, {eol, Line}}} -> io:format("~s~n", [Line]), sh_loop(Port);
         {Port, {data, {noeol, Line}}} -> io:format("~s", [Line]), sh_loop(Port);
         {Port, {exit_status, 0}} -> ok;
-        {Port, {exit_status, Status}} -> io:format("command failed: exit ~p~n", [Status]), halt(1)
+        {Port, {exit_status, Status}} -> {error, Status}
     end.
 
 domain_config(Project, ImgName, Custom, Opts) ->
