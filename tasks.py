@@ -424,6 +424,48 @@ def status(c: Context, env: str | None = None, set_: list[str] | None = None, js
             ui.result(st.record() if st else None)
 
 
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "colour": "blue or green (default: the live colour; both while the traffic is split)",
+        "instance": "one instance id instead of a colour's instances",
+        "tail": "only the last N lines of each instance",
+        "follow": "keep printing new lines as they come (Ctrl-C ends it)",
+    },
+)
+def logs(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    colour: str | None = None,
+    instance: str | None = None,
+    tail: str | None = None,
+    follow: bool = False,
+) -> None:
+    """The console output of the environment's instances, each line prefixed with instance and colour."""
+    from pipeline.aws import logs as consoles
+    from pipeline.aws.tags import COLORS
+
+    def write(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    with failures():
+        color = next((c for c in COLORS if c == colour), None)
+        if colour is not None and color is None:
+            raise ConfigError(f'--colour: expected "blue" or "green", got "{colour}"')
+        if colour is not None and instance is not None:
+            raise ConfigError("--colour and --instance: give one of them", hint="an instance has one colour")
+        lines = _whole("tail", tail)
+        s = load(env, set_)
+        clients = _clients(s)
+        if follow:
+            consoles.follow(clients, s, write, color, instance, lines)
+        else:
+            consoles.show(clients, s, write, color, instance, lines)
+
+
 @task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
 def rollback(
     c: Context,
@@ -540,7 +582,7 @@ xen = Collection("xen")
 xen.add_task(xen_check, name="check")
 
 ns = Collection(
-    build, run, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test
+    build, run, ami, deploy, plan, status, logs, rollback, destroy, gc, synth, iam_policy, settings, test
 )
 ns.add_collection(local)
 ns.add_collection(xen)

@@ -42,6 +42,7 @@ def _read_state() -> Statement:
         Action=[
             ec2.Action("Describe*"),
             ec2.Action("Get*"),
+            ec2.GetConsoleOutput,  # invoke logs (with Latest=true); named so it outlives Get*
             elb.Action("Describe*"),
             asg.Action("Describe*"),
             cloudwatch.GetMetricStatistics,
