@@ -322,3 +322,23 @@ def test_bad_flags_are_one_line_before_any_aws_call(tmp_path: Path) -> None:
     ]:
         out = invoke(root, "logs", *args)
         assert (out.returncode, out.stderr.strip(), out.stdout) == (1, line, "")
+
+
+# -- the app's own lines --------------------------------------------------------------------------------
+
+
+def test_erlang_web_logs_its_start_and_each_request_it_answers_with_a_5xx(
+    erlang_web_node: Any, tmp_path: Path
+) -> None:
+    from tests.erlnode import Atom, Chars, wait_for
+
+    missing = tmp_path / "no" / "such" / "dir"  # disc storage that cannot start: 503s
+    n = erlang_web_node(storage=Atom("disc"), scratch_dir=Chars(str(missing)), wait="listening")
+    wait_for(lambda: n.get_json("/health")[1].get("status") == "storage_failed" or None, 20, "storage_failed")
+    assert n.get_json("/counter", "POST") == (503, {"error": "storage_unavailable"})
+    assert n.request("GET", "/")[0] == 200
+    line = 'erlang_web: POST /counter answered 503: {"error":"storage_unavailable"}'
+    log = wait_for(lambda: n.log() if line in n.log() else None, 10, "the 503 in the log")
+    assert 'erlang_web: GET /health answered 503: {"status":"storage_failed"' in log
+    assert "answered 200" not in log and " GET / " not in log  # successes are not logged
+    assert "erlang_web: started (build " in log
