@@ -341,9 +341,31 @@ def local_status(
             ui.result(state)
 
 
+@task(name="certificate", iterable=["set_"], help=COMMON_HELP)
+def local_certificate(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
+    """A certificate for 127.0.0.1 from a CA of this checkout, in the local AWS's ACM; prints its ARN."""
+    from pipeline.errors import ConfigError
+    from pipeline.local import ca
+
+    with failures():
+        s = load(env, set_)
+        if s.aws.endpoint != "local":
+            raise ConfigError(
+                "local.certificate: aws.endpoint is not local",
+                hint="on AWS, request or import a certificate in ACM and set deploy.certificate_arn",
+            )
+        issued = ca.ensure_certificate(s, _clients(s))
+        what = "imported into" if issued.imported else "already in"
+        ui.done(f"certificate for localhost and 127.0.0.1 {what} the local AWS's ACM")
+        ui.say(f"  clients verify it against the CA in {issued.ca_file}")
+        ui.say(f'  serve HTTPS with it: --set deploy.certificate_arn="{issued.arn}"')
+        ui.result(issued.arn)
+
+
 local = Collection("local")
 local.add_task(local_down)
 local.add_task(local_status)
+local.add_task(local_certificate)
 
 
 # -- deploy and its companions -----------------------------------------------------------------------------

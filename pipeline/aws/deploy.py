@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, logs, pv, rollout, stack
+from pipeline.aws import ami, cfn, https, logs, pv, rollout, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.params import Release, StackState
@@ -86,6 +86,7 @@ def deploy(
     """
     runtime = runtime or Runtime()
     pv.check_instance_type(settings.deploy.instance_type, settings.virtualization)
+    https.check(clients, settings)
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
