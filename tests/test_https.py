@@ -420,3 +420,51 @@ def test_a_redirect_keeps_what_it_does_not_name_and_fills_the_keywords() -> None
     )
     parsed = action_of([{"Type": "redirect", "RedirectConfig": {"StatusCode": "HTTP_302", "Path": "/x"}}])
     assert dataclasses.astuple(parsed) == (302, "", "", "", "/x", "")
+
+
+# -- the local AWS's own process: ACM, the stack's listeners, the local load balancer ---------------------
+
+
+def test_the_local_aws_serves_the_stacks_https_listener_with_the_imported_certificate(aws: Any) -> None:
+    """``invoke local.certificate``, then a stack with that certificate in the local AWS: its HTTPS
+    listener answers on 127.0.0.1 with a certificate a client verifies against the checkout's CA, and
+    its HTTP listener redirects there. (The stand-in image runs no VM: the answer over TLS is the
+    load balancer's own 503.)"""
+    from pipeline.aws import cfn, rollout
+    from pipeline.aws.params import Release
+    from pipeline.local import control
+    from tests.cloud_support import until
+    from tests.erlnode import free_port
+    from tests.project import invoke
+
+    https_port = free_port()
+    sets = [f"local.port={aws.port}", f"deploy.https_port={https_port}"]
+    out = invoke(aws.root, "local.certificate", *[a for s in sets for a in ("--set", s)])
+    assert out.returncode == 0, out.stderr
+    arn = out.stdout.strip()
+    assert "certificate for localhost and 127.0.0.1 imported into the local AWS's ACM" in out.stderr
+    cafile = aws.root / ".pipeline" / "local" / "ca" / "ca.pem"
+    s = aws.settings(f"deploy.https_port={https_port}", f'deploy.certificate_arn="{arn}"')
+    clients = aws.clients()
+    https.check(clients, s)  # the local ACM holds it, issued, in the region
+    image = register_ami(clients, s, "1111111111aa")
+    state = rollout.first_state(Release(image, "1111111111aa", "t3.micro", "hvm"), 1)
+    cf = clients.cloudformation()
+    stack_id = cfn.create(cf, "erlang-web-dev", stack.render(stack.params_for(s)), state.parameters(), [])
+    assert cfn.describe(cf, stack_id).status == "CREATE_COMPLETE"  # type: ignore[union-attr]
+    served = until(
+        "the HTTPS listener is served",
+        lambda: [e for e in (control.status(s) or {}).get("listeners", []) if e["port"] == https_port],
+        30,
+    )
+    assert served[0]["protocol"] == "HTTPS" and not served[0]["error"]
+    status, body, version, _ = fetch_https(https_port, cafile)
+    assert (status, body, version) == (503, "no healthy target", "TLSv1.3")
+    conn = http.client.HTTPConnection("127.0.0.1", s.deploy.listener_port, timeout=10)
+    conn.request("GET", "/version", headers={"Host": f"127.0.0.1:{s.deploy.listener_port}"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Location")) == (301, f"https://127.0.0.1:{https_port}/version")
+    conn.close()
+    again = invoke(aws.root, "local.certificate", *[a for s in sets for a in ("--set", s)])
+    assert (again.returncode, again.stdout.strip()) == (0, arn)
+    assert "already in the local AWS's ACM" in again.stderr
