@@ -46,4 +46,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# checkov, which the tests run on cfn/, pins a boto3 older than the pipeline's: it gets a virtual
+# environment of its own inside .venv.
+CHECKOV_VERSION=3.3.30
+if ! .venv/checkov/bin/checkov --version 2>/dev/null | grep -qx "$CHECKOV_VERSION"; then
+  python3 -m venv .venv/checkov
+  .venv/checkov/bin/python -m pip install -q "checkov==$CHECKOV_VERSION"
+fi
 echo "setup.sh: ready (.venv/bin/invoke --list shows the tasks)"

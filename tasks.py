@@ -341,9 +341,31 @@ def local_status(
             ui.result(state)
 
 
+@task(name="certificate", iterable=["set_"], help=COMMON_HELP)
+def local_certificate(c: Context, env: str | None = None, set_: list[str] | None = None) -> None:
+    """A certificate for 127.0.0.1 from a CA of this checkout, in the local AWS's ACM; prints its ARN."""
+    from pipeline.errors import ConfigError
+    from pipeline.local import ca
+
+    with failures():
+        s = load(env, set_)
+        if s.aws.endpoint != "local":
+            raise ConfigError(
+                "local.certificate: aws.endpoint is not local",
+                hint="on AWS, request or import a certificate in ACM and set deploy.certificate_arn",
+            )
+        issued = ca.ensure_certificate(s, _clients(s))
+        what = "imported into" if issued.imported else "already in"
+        ui.done(f"certificate for localhost and 127.0.0.1 {what} the local AWS's ACM")
+        ui.say(f"  clients verify it against the CA in {issued.ca_file}")
+        ui.say(f'  serve HTTPS with it: --set deploy.certificate_arn="{issued.arn}"')
+        ui.result(issued.arn)
+
+
 local = Collection("local")
 local.add_task(local_down)
 local.add_task(local_status)
+local.add_task(local_certificate)
 
 
 # -- deploy and its companions -----------------------------------------------------------------------------
@@ -422,6 +444,48 @@ def status(c: Context, env: str | None = None, set_: list[str] | None = None, js
         stack_status.show_status(st, stack_name(s.app.name, s.env))
         if json:
             ui.result(st.record() if st else None)
+
+
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "colour": "blue or green (default: the live colour; both while the traffic is split)",
+        "instance": "one instance id instead of a colour's instances",
+        "tail": "only the last N lines of each instance",
+        "follow": "keep printing new lines as they come (Ctrl-C ends it)",
+    },
+)
+def logs(
+    c: Context,
+    env: str | None = None,
+    set_: list[str] | None = None,
+    colour: str | None = None,
+    instance: str | None = None,
+    tail: str | None = None,
+    follow: bool = False,
+) -> None:
+    """The console output of the environment's instances, each line prefixed with instance and colour."""
+    from pipeline.aws import logs as consoles
+    from pipeline.aws.tags import COLORS
+
+    def write(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    with failures():
+        color = next((c for c in COLORS if c == colour), None)
+        if colour is not None and color is None:
+            raise ConfigError(f'--colour: expected "blue" or "green", got "{colour}"')
+        if colour is not None and instance is not None:
+            raise ConfigError("--colour and --instance: give one of them", hint="an instance has one colour")
+        lines = _whole("tail", tail)
+        s = load(env, set_)
+        clients = _clients(s)
+        if follow:
+            consoles.follow(clients, s, write, color, instance, lines)
+        else:
+            consoles.show(clients, s, write, color, instance, lines)
 
 
 @task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
@@ -540,7 +604,7 @@ xen = Collection("xen")
 xen.add_task(xen_check, name="check")
 
 ns = Collection(
-    build, run, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test
+    build, run, ami, deploy, plan, status, logs, rollback, destroy, gc, synth, iam_policy, settings, test
 )
 ns.add_collection(local)
 ns.add_collection(xen)

@@ -68,6 +68,20 @@ def _account_id(v: str) -> bool:
     return len(v) == 12 and v.isdigit()
 
 
+def _certificate_arn(v: str) -> bool:
+    """An ACM certificate ARN (arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID), or "" for none."""
+    import re
+
+    return not v or bool(re.fullmatch(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+", v))
+
+
+def _bucket_name(v: str) -> bool:
+    """An S3 bucket name (3-63 of a-z, 0-9, dots and hyphens, a letter or digit at each end), or ""."""
+    import re
+
+    return not v or (bool(re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v)) and ".." not in v)
+
+
 def _weight_steps(v: tuple[int, ...]) -> bool:
     return bool(v) and all(1 <= s <= 100 for s in v) and list(v) == sorted(set(v)) and v[-1] == 100
 
@@ -190,6 +204,13 @@ class DeploySettings:
     vpc_id: str = ""  # "" = the stack makes its own small VPC
     subnet_ids: tuple[str, ...] = ()
     scratch_size_gib: int = check("integer 1-16384", _between(1, 16384), 1)
+    certificate_arn: str = check(
+        'an ACM certificate ARN like "arn:aws:acm:REGION:ACCOUNT:certificate/ID", or "" for HTTP only',
+        _certificate_arn,
+        "",
+    )
+    https_port: int = check("integer 1-65535", _between(1, 65535), 443)  # with a certificate
+    access_logs_bucket: str = check('an S3 bucket name, or "" for no access logs', _bucket_name, "")
 
 
 @dataclass(frozen=True)
@@ -413,6 +434,11 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError(
             f'{src}: deploy.virtualization: the ling target boots only as a Xen PV guest, got "hvm"',
             hint='use "pv" or "auto" (and a PV instance type such as m3.medium) for ling',
+        )
+    if s.deploy.certificate_arn and s.deploy.https_port == s.deploy.listener_port:
+        raise ConfigError(
+            f"{src}: deploy.https_port and deploy.listener_port are both {s.deploy.listener_port}",
+            hint="with a certificate, HTTPS needs its own port (443) and the HTTP port (80) redirects to it",
         )
     if bool(s.deploy.vpc_id) != bool(s.deploy.subnet_ids):
         raise ConfigError(

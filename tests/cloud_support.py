@@ -3,12 +3,14 @@ look at the QEMU processes of a local AWS.
 
 The load loop sends ``GET /`` over loopback, one request at a time on fresh connections (as many
 clients would), and records every answer; it is bounded in requests and in time, whatever happens.
+An ``https`` URL is fetched over TLS, verified against ``cafile`` (the local CA's certificate).
 """
 
 from __future__ import annotations
 
 import http.client
 import os
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +40,7 @@ class LoadLoop:
     max_requests: int = 20000
     max_seconds: float = 900.0
     timeout: float = 10.0
+    cafile: str | None = None  # what an https URL's certificate is verified against
     answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -63,14 +66,20 @@ class LoadLoop:
 
     def _run(self) -> None:
         parts = urlsplit(self.url)
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        secure = parts.scheme == "https"
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
         assert host in ("127.0.0.1", "localhost"), f"the load loop stays on loopback, not {host}"
+        context = ssl.create_default_context(cafile=self.cafile) if secure else None
         while not self._stop.is_set() and len(self.answers) < self.max_requests:
             at = time.monotonic() - self.started
             if at > self.max_seconds:
                 return
             status, body = 0, ""
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            conn: http.client.HTTPConnection = (
+                http.client.HTTPSConnection(host, port, timeout=self.timeout, context=context)
+                if context is not None
+                else http.client.HTTPConnection(host, port, timeout=self.timeout)
+            )
             try:
                 conn.request("GET", self.path)
                 resp = conn.getresponse()

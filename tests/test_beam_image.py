@@ -302,6 +302,7 @@ def test_direct_boot_serves_the_baked_config_and_the_counter_survives_a_reboot(
         assert _get(vm, port, "/health") == (200, {"status": "ok", "storage": "disc"})
         assert _get(vm, port, "/counter", "POST") == (200, {"counter": 1})
         assert _get(vm, port, "/counter", "POST") == (200, {"counter": 2})
+        _check_console(vm.spec.console_log.read_text(errors="replace"))
     # the same VM again (powered off cleanly above), with the same scratch file
     with _boot(dev, scratch) as vm:
         assert _get(vm, port, "/counter") == (200, {"counter": 2})
@@ -337,6 +338,21 @@ def test_the_uefi_disk_boots_through_ovmf_and_starts_a_fresh_scratch_disk_at_0(
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
+
+
+def _check_console(console: str) -> None:
+    """What ``invoke logs`` shows of a boot: the init script's phases with their uptime, the wall clock
+    once, then the Erlang VM's logger, one line per event with its UTC time, and no kernel chatter."""
+    import re
+
+    lines = console.replace("\r", "").splitlines()
+    mark = next(n for n, line in enumerate(lines) if "init: console: kernel messages below errors" in line)
+    assert re.search(r"clock \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", lines[mark])
+    assert any(re.match(r"\[\d+\.\d+\] init: network: ", line) for line in lines[:mark])
+    erlang = [line for line in lines[mark:] if re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z ", line)]
+    assert any(" notice: erlang_web: started (build " in line for line in erlang), lines[mark:]
+    kernel = [line for line in lines[mark:] if re.match(r"\[ *\d+\.\d{6}\] ", line)]
+    assert kernel == []
 
 
 def _unpacked_initramfs(built: Built) -> bytes:

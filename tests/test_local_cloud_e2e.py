@@ -1,16 +1,24 @@
 """Blue/green end to end on the local cloud, as a user runs it: ``invoke build ami deploy`` boots the
-uploaded image as a VM behind the local load balancer; a second release moves the traffic with no failed
-request while a load loop runs; a release that fails its health check is rolled back by the pipeline;
-``invoke rollback`` returns to the previous release.
+uploaded image as a VM behind the local load balancer, served over HTTPS with the certificate that
+``invoke local.certificate`` put in the local AWS's ACM; ``invoke logs`` shows the VM's console; a
+second release moves the traffic with no failed request while a load loop runs; a release that fails
+its health check is rolled back by the pipeline, after its console is shown; ``invoke rollback``
+returns to the previous release.
 
-The tests run in order on one project copy and one local AWS (each builds on the state the one before
-left), on free ports. The first release boots the exact hvm-uefi disk through OVMF (the shipped
-``local.boot``); the others boot the kernel and initramfs taken out of the same disk (faster).
+The releases build on each other (a rollback needs two of them), so they are module-scoped fixtures,
+each one made once, on first use, by the tests that need it: every test passes on its own
+(``pytest -k rollback`` makes the two releases it returns between) as well as in a full run, and no
+test depends on another having run before it. The first release boots the exact hvm-uefi disk
+through OVMF (the shipped ``local.boot``); the others boot the kernel and initramfs taken out of the
+same disk (faster).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import re
+import ssl
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,9 +57,16 @@ class Cloud:
     def settings(self, *extra: str) -> config.Settings:
         return config.load(self.root, env="dev", overrides=[*self.sets, *extra])
 
+    def port(self, key: str) -> int:
+        return int(next(s for s in self.sets if s.startswith(f"{key}=")).split("=", 1)[1])
+
+    @property
+    def cafile(self) -> str:
+        return str(self.root / ".pipeline" / "local" / "ca" / "ca.pem")
+
     def state(self) -> dict[str, Any]:
         with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.sets[0].split('=')[1]}/_pipeline/cloud", timeout=10
+            f"http://127.0.0.1:{self.port('local.port')}/_pipeline/cloud", timeout=10
         ) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
@@ -60,15 +75,31 @@ class Cloud:
         return {m["instance_id"]: m for m in self.state()["machines"]}
 
     def get(self, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+        context = ssl.create_default_context(cafile=self.cafile)
+        with urllib.request.urlopen(self.url + path, timeout=10, context=context) as r:
             return r.status, r.read().decode().strip()
+
+    def loop(self) -> LoadLoop:
+        return LoadLoop(self.url, interval=0.05, max_seconds=600, cafile=self.cafile)
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+    """A project copy with its own local AWS and listener ports, and a certificate for 127.0.0.1 in
+    that local AWS's ACM (deploys serve HTTPS with it)."""
     root = copy_project(tmp_path_factory.mktemp("cloud") / "proj")
-    c = Cloud(root, [f"local.port={free_port()}", f"deploy.listener_port={free_port()}"])
+    c = Cloud(
+        root,
+        [
+            f"local.port={free_port()}",
+            f"deploy.listener_port={free_port()}",
+            f"deploy.https_port={free_port()}",
+        ],
+    )
     try:
+        issued = c.run(["local.certificate", *c.args()])
+        assert issued.returncode == 0, issued.stderr
+        c.sets.append(f'deploy.certificate_arn="{issued.stdout.strip()}"')
         yield c
     finally:
         down = invoke(root, "local.down", *c.args(), timeout=120)
@@ -98,15 +129,52 @@ def report(name: str, loop: LoadLoop, old: str, new: str) -> dict[str, Any]:
     return figures
 
 
-def test_1_build_ami_deploy_serves_the_uploaded_image_through_the_local_load_balancer(cloud: Cloud) -> None:
+@dataclass(frozen=True)
+class Step:
+    """What one release (or rollback) did: the task's output, the load loop that ran meanwhile and
+    the VMs before it."""
+
+    out: Any
+    loop: LoadLoop | None
+    before: dict[str, dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def first(cloud: Cloud) -> Step:
+    """V1 live on blue (the first deploy creates the stack)."""
     out = release(cloud)
     assert out.returncode == 0, out.stderr[-3000:]
     cloud.url = out.stdout.strip().splitlines()[-1]
-    port = cloud.sets[1].split("=")[1]
-    assert cloud.url == f"http://127.0.0.1:{port}"
+    return Step(out, None, {})
+
+
+@pytest.fixture(scope="module")
+def second(cloud: Cloud, first: Step) -> Step:
+    """V2 rolled out to green while a load loop runs; V1 stays on blue for a rollback."""
+    before = cloud.machines()
+    with cloud.loop() as loop:
+        out = release(cloud, f'app.greeting="{V2}"', "local.boot=direct")
+        time.sleep(1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return Step(out, loop, before)
+
+
+def test_1_build_ami_deploy_serves_the_uploaded_image_over_https_through_the_local_load_balancer(
+    cloud: Cloud, first: Step
+) -> None:
+    https_port, http_port = cloud.port("deploy.https_port"), cloud.port("deploy.listener_port")
+    assert cloud.url == f"https://127.0.0.1:{https_port}"
     build_id = build.plan(cloud.settings()).build_id
-    assert cloud.get("/") == (200, V1)
+    assert cloud.get("/") == (200, V1)  # verified against the checkout's CA
     assert json.loads(cloud.get("/version")[1])["build_id"] == build_id
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    conn.request("GET", "/version?x=1")
+    answer = conn.getresponse()
+    assert (answer.status, answer.getheader("Location")) == (
+        301,
+        f"https://127.0.0.1:{https_port}/version?x=1",
+    )
+    conn.close()
     (machine,) = cloud.machines().values()
     assert (machine["color"], machine["build_id"], machine["boot"], machine["health"]) == (
         "blue", build_id, "uefi", "healthy"
@@ -116,9 +184,10 @@ def test_1_build_ami_deploy_serves_the_uploaded_image_through_the_local_load_bal
         f"\nfirst release: UEFI boot to healthy {machine['boot_seconds']}s, build+ami+deploy {seconds:.0f}s"
     )
     status = cloud.run(["status", *cloud.args()])
-    assert status.returncode == 0 and f"http://127.0.0.1:{port}" in status.stderr
+    assert status.returncode == 0 and f"https://127.0.0.1:{https_port}" in status.stderr
     local = cloud.run(["local.status", "--json", *cloud.args()])
     assert local.returncode == 0 and "local cloud: 1 instance(s), uefi boot" in local.stderr
+    assert f"https://127.0.0.1:{https_port}" in local.stderr
     (listed,) = json.loads(local.stdout)["machines"]
     assert (listed["instance_id"], listed["health"], listed["port"]) == (
         machine["instance_id"],
@@ -127,12 +196,26 @@ def test_1_build_ami_deploy_serves_the_uploaded_image_through_the_local_load_bal
     )
 
 
-def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None:
-    before = cloud.machines()
-    with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
-        out = release(cloud, f'app.greeting="{V2}"', "local.boot=direct")
-        time.sleep(1)
-    assert out.returncode == 0, out.stderr[-3000:]
+def test_logs_show_the_live_colours_console_line_by_line(cloud: Cloud, first: Step) -> None:
+    """``invoke logs``: the VM's real serial console through GetConsoleOutput of the local AWS."""
+    live = next(m for m in cloud.machines().values() if m["health"] == "healthy")
+    instance, color = live["instance_id"], live["color"]
+    out = cloud.run(["logs", "--tail", "200", *cloud.args()])
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines and all(line.startswith(f"{instance} {color} | ") for line in lines)
+    text = "\n".join(line.split(" | ", 1)[1] for line in lines)
+    assert re.search(r"^\[\d+\.\d+\] init: starting the Erlang VM$", text, re.MULTILINE)
+    assert re.search(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z notice: erlang_web: started \(build ", text, re.M
+    )
+    tail = cloud.run(["logs", "--tail", "3", "--colour", color, *cloud.args()])
+    assert tail.returncode == 0 and tail.stdout.splitlines() == lines[-3:]
+
+
+def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud, second: Step) -> None:
+    loop, before = second.loop, second.before
+    assert loop is not None
     figures = report("second release", loop, V1, V2)
     assert loop.failed == [], loop.summary()
     assert loop.bodies() == [V1, V2]  # the old greeting, then the new one, never back
@@ -146,19 +229,29 @@ def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None
     assert (new["color"], new["boot"], new["health"]) == ("green", "direct", "healthy")
 
 
-def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(cloud: Cloud) -> None:
+def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
+    cloud: Cloud, second: Step
+) -> None:
     before = cloud.machines()
-    with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
+    with cloud.loop() as loop:
         out = release(cloud, f'app.greeting="{V3}"', "local.boot=direct", *BROKEN)
         time.sleep(1)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
+    live = next(m["color"] for m in before.values())
+    idle = "blue" if live == "green" else "green"
     assert (
-        last.startswith("error: wait until blue is healthy: blue (build ")
-        and "rolled back: green has 100%" in last
+        last.startswith(f"error: wait until {idle} is healthy: {idle} (build ")
+        and f"rolled back: {live} has 100%" in last
     )
     # the VM booted and its app answered, with 503: the storage it was told to use cannot exist
     assert "unhealthy (Target.ResponseCodeMismatch)" in out.stderr
+    # its console, shown before the rollback: the app's own line says why
+    shown = out.stderr.index("console lines of ")
+    assert shown < out.stderr.index("stack update: roll back")
+    assert re.search(
+        f"{idle} \\| .*Z warning: erlang_web: GET /health answered 503: .*storage_failed", out.stderr
+    )
     report("failed release", loop, V2, V3)
     assert loop.failed == [], loop.summary()
     assert loop.bodies() == [V2]
@@ -166,8 +259,10 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
     assert set(qemu_processes(str(cloud.root))) == {m["pid"] for m in before.values()}
 
 
-def test_4_rollback_returns_to_the_previous_release_with_no_failed_request(cloud: Cloud) -> None:
-    with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
+def test_4_rollback_returns_to_the_previous_release_with_no_failed_request(
+    cloud: Cloud, second: Step
+) -> None:
+    with cloud.loop() as loop:
         out = cloud.run(["rollback", "--yes", *cloud.args("local.boot=direct")])
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]

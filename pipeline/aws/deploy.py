@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, pv, rollout, stack
+from pipeline.aws import ami, cfn, https, logs, pv, rollout, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.params import Release, StackState
@@ -88,6 +88,7 @@ def deploy(
     pv.check_instance_type(
         settings.deploy.instance_type, settings.virtualization, target=settings.image.target
     )
+    https.check(clients, settings)
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
@@ -154,6 +155,7 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     try:
         d.gate().wait_healthy(d.subject("blue", state), s.deploy.health_timeout_seconds)
     except PipelineError as err:
+        logs.show_failed(d.clients, s, "blue")
         raise DeployError(
             f"stack {d.name} was created but the first release is not healthy: {err}",
             hint="there is no earlier release to return to; fix the build and deploy again (or destroy)",

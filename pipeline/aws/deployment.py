@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
-from pipeline.aws import calls, cfn, rollout, stack, tags
+from pipeline.aws import calls, cfn, logs, rollout, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.params import StackState
 from pipeline.aws.rollout import Step, opposite
@@ -230,6 +230,8 @@ class Deployment:
                 ("interrupted (Ctrl-C)", None) if isinstance(err, KeyboardInterrupt) else _describe(err)
             )
             ui.warn(f"{step.label}: {cause}; rolling back")
+            if step.kind in ("wait_healthy", "bake") and not isinstance(err, KeyboardInterrupt):
+                logs.show_failed(self.clients, self.settings, target)  # before its instances go
             back = rollout.restore_state(original, target)
             try:
                 self.wait_stable()

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from awacs import acm, cloudwatch, ebs, ec2, iam, kms
 from awacs import autoscaling as asg
 from awacs import cloudformation as cf
-from awacs import cloudwatch, ebs, ec2, iam, kms
 from awacs import elasticloadbalancing as elb
 from awacs.aws import Allow, Condition, ForAnyValueStringEquals, PolicyDocument, Statement, StringEquals
 
@@ -42,6 +42,8 @@ def _read_state() -> Statement:
         Action=[
             ec2.Action("Describe*"),
             ec2.Action("Get*"),
+            ec2.GetConsoleOutput,  # invoke logs (with Latest=true); named so it outlives Get*
+            acm.DescribeCertificate,  # deploy checks deploy.certificate_arn before any change
             elb.Action("Describe*"),
             asg.Action("Describe*"),
             cloudwatch.GetMetricStatistics,

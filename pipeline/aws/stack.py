@@ -46,7 +46,6 @@ from troposphere import (
     Parameter,
     Ref,
     Select,
-    Sub,
     Tags,
     Template,
     ec2,
@@ -54,7 +53,7 @@ from troposphere import (
 from troposphere import autoscaling as asg
 from troposphere import elasticloadbalancingv2 as elb
 
-from pipeline.aws import pv, tags
+from pipeline.aws import listeners, pv, tags
 from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
 from pipeline.images.devices import scratch_device
@@ -91,6 +90,9 @@ class StackParams:
     scratch_size_gib: int
     existing_vpc: bool  # True: VpcId/SubnetIds parameters; False: the stack makes its own VPC
     storage: str = "auto"  # app.storage: a ling instance gets a scratch volume only for GooFS
+    certificate_arn: str = ""  # "": HTTP only (see pipeline.aws.listeners)
+    https_port: int = 443
+    access_logs_bucket: str = ""
 
     @property
     def stack_name(self) -> str:
@@ -109,6 +111,9 @@ def params_for(settings: Settings) -> StackParams:
         scratch_size_gib=settings.deploy.scratch_size_gib,
         existing_vpc=bool(settings.deploy.vpc_id),
         storage=settings.app.storage,
+        certificate_arn=settings.deploy.certificate_arn,
+        https_port=settings.deploy.https_port,
+        access_logs_bucket=settings.deploy.access_logs_bucket,
     )
 
 
@@ -128,9 +133,12 @@ def blueprint(p: StackParams) -> Template:
     alb_sg = t.add_resource(
         ec2.SecurityGroup(
             "LoadBalancerSecurityGroup",
-            GroupDescription=f"{p.stack_name} load balancer: port {p.listener_port} from allowed networks",
+            GroupDescription=f"{p.stack_name} load balancer: port "
+            f"{' and '.join(map(str, listeners.ports(p)))} from allowed networks",
             VpcId=vpc,
-            SecurityGroupIngress=[_ingress_from(cidr, p.listener_port) for cidr in p.allowed_cidrs],
+            SecurityGroupIngress=[
+                _ingress_from(cidr, port) for port in listeners.ports(p) for cidr in p.allowed_cidrs
+            ],
             SecurityGroupEgress=[
                 ec2.SecurityGroupRule(
                     Description="to the instances' app port only",
@@ -181,28 +189,13 @@ def blueprint(p: StackParams) -> Template:
             LoadBalancerAttributes=[
                 elb.LoadBalancerAttributes(
                     Key="routing.http.drop_invalid_header_fields.enabled", Value="true"
-                )
+                ),
+                *listeners.access_log_attributes(p),
             ],
             Tags=Tags(**common),
         )
     )
-    listener = t.add_resource(
-        elb.Listener(
-            "Listener",
-            LoadBalancerArn=Ref(alb),
-            Port=p.listener_port,
-            Protocol="HTTP",
-            # Only the rules below forward; a request no rule matches gets a plain 503.
-            DefaultActions=[
-                elb.Action(
-                    Type="fixed-response",
-                    FixedResponseConfig=elb.FixedResponseConfig(
-                        StatusCode="503", ContentType="text/plain", MessageBody="no route"
-                    ),
-                )
-            ],
-        )
-    )
+    listener = listeners.add(t, p, alb)  # the HTTPS listener with a certificate, else the HTTP one
 
     groups: dict[Color, Any] = {}
     for color in COLORS:
@@ -249,14 +242,9 @@ def blueprint(p: StackParams) -> Template:
 
     t.add_condition("BlueIsLive", Equals(Ref("BlueWeight"), "100"))
     t.add_condition("GreenIsLive", Equals(Ref("GreenWeight"), "100"))
-    port_suffix = "" if p.listener_port == 80 else f":{p.listener_port}"
     t.add_output(
         [
-            Output(
-                "Url",
-                Description="the app's address",
-                Value=Sub(f"http://${{{alb.title}.DNSName}}{port_suffix}"),
-            ),
+            Output("Url", Description="the app's address", Value=listeners.url(p, alb)),
             Output("LoadBalancerArn", Value=Ref(alb)),
             Output(
                 "LiveColor",

@@ -44,6 +44,7 @@ HOST_PACKAGES = (
     "dosfstools", "mtools", "fdisk", "binutils", "systemd-boot-efi", "zstd",
 )  # fmt: skip
 SCRATCH_LABEL = "scratch"
+CONSOLE_CONFIG = "/etc/erlang/console"  # the VM's logger settings (templates/console.config.j2)
 # What the initramfs needs from the host besides erts: mke2fs for the scratch disk (ext4 with a
 # journal; busybox's mke2fs makes only ext2, which a hard reset can leave inconsistent). The init
 # script calls it by its full path: busybox's shell prefers its own applets to programs on PATH.
@@ -148,12 +149,17 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         "boot_label": disk.PV_LABEL,
         "scratch_label": SCRATCH_LABEL,
         "mke2fs": HOST_PROGRAMS[0],
+        "console_config": CONSOLE_CONFIG,
         "erlang": {"root": rt.root, "erts_version": rt.erts_version, "release_version": rt.release_version},
     }
     baked.add("/init", initramfs.file(render.render(templates, "init.sh.j2", context).encode(), 0o755))
     tree.add(
         "/etc/udhcpc.script",
         initramfs.file(render.render(templates, "udhcpc.sh.j2", context).encode(), 0o755),
+    )
+    # The VM's logger on the console (the same for every configuration: in the runtime archive).
+    tree.add(
+        CONSOLE_CONFIG + ".config", initramfs.file(render.render(templates, "console.config.j2", {}).encode())
     )
     for path in baked.entries:  # every file in one archive only, so the order cannot matter
         if path in tree.entries and not stat.S_ISDIR(baked.entries[path].mode):

@@ -1,11 +1,13 @@
-"""The local load balancer: the stack's HTTP listeners on 127.0.0.1, forwarding to the local VMs.
+"""The local load balancer: the stack's listeners on 127.0.0.1, forwarding to the local VMs.
 
-It runs an asyncio event loop in a thread of the local AWS's process. For every HTTP listener of a
-load balancer in the local AWS it listens on 127.0.0.1 at the listener's port and, for each request,
-finds the action of the listener's rules (:mod:`pipeline.local.routing`: the weighted rule, the
-``X-Pipeline-Color`` header rules, the fixed 503 default) and forwards the request to a target that is
-healthy and not draining (:class:`~pipeline.local.registry.Registry`), adding the ``X-Forwarded-*``
-headers an ALB adds. The rules and the members of the target groups are replaced as a whole by
+It runs an asyncio event loop in a thread of the local AWS's process. For every HTTP and HTTPS
+listener of a load balancer in the local AWS it listens on 127.0.0.1 at the listener's port (an HTTPS
+listener terminates TLS with its certificate from the local ACM and its security policy:
+:mod:`pipeline.local.tls`) and, for each request, finds the action of the listener's rules
+(:mod:`pipeline.local.routing`: the weighted rule, the ``X-Pipeline-Color`` header rules, the fixed
+503 default, a redirect to HTTPS) and forwards the request to a target that is healthy and not
+draining (:class:`~pipeline.local.registry.Registry`), adding the ``X-Forwarded-*`` headers an ALB
+adds. The rules and the members of the target groups are replaced as a whole by
 :meth:`Balancer.configure` whenever the local AWS changed, so the next request follows the new weights.
 
 Draining: a target is taken for a request (:meth:`Registry.acquire`) and given back when the response
@@ -38,8 +40,9 @@ from typing import Any
 
 import h11
 
+from pipeline.local import tls
 from pipeline.local.registry import HealthCheck, Registry
-from pipeline.local.routing import Chooser, Fixed, Forward, Listener, Request, route
+from pipeline.local.routing import Chooser, Fixed, Forward, Listener, Redirect, Request, location, route
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +126,18 @@ class Balancer:
 
     def status(self) -> list[dict[str, Any]]:
         out = [
-            {"port": port, "load_balancer": lst.load_balancer, "dns_name": lst.dns_name, "error": ""}
+            {
+                "port": port,
+                "load_balancer": lst.load_balancer,
+                "dns_name": lst.dns_name,
+                "protocol": lst.protocol,
+                "error": "",
+            }
             for port, lst in sorted(self.listeners.items())
             if port in self.servers
         ]
         out += [
-            {"port": port, "load_balancer": "", "dns_name": "", "error": why}
+            {"port": port, "load_balancer": "", "dns_name": "", "protocol": "", "error": why}
             for port, why in sorted(self.errors.items())
         ]
         return out
@@ -147,7 +156,11 @@ class Balancer:
                 continue
             wanted[lst.port] = lst
         for port in list(self.servers):
-            if port not in wanted:
+            old = self.listeners.get(port)
+            new = wanted.get(port)
+            # another protocol, certificate or policy: the port is served anew (as an ALB does, new
+            # connections get the new settings; those open finish with the old ones)
+            if new is None or old is None or (old.protocol, old.tls) != (new.protocol, new.tls):
                 server = self.servers.pop(port)
                 server.close()
                 log.info("load balancer: stopped listening on %s:%d", self.host, port)
@@ -155,10 +168,16 @@ class Balancer:
             if port in self.servers:
                 continue
             try:
+                context = tls.context(lst.tls) if lst.tls is not None else None
+            except ValueError as err:
+                errors[port] = f"cannot serve HTTPS on {self.host}:{port} for {lst.load_balancer}: {err}"
+                continue
+            try:
                 self.servers[port] = await asyncio.start_server(
-                    functools.partial(self._accept, port), self.host, port, reuse_address=True
+                    functools.partial(self._accept, port), self.host, port, reuse_address=True, ssl=context
                 )
-                log.info("load balancer: %s on http://%s:%d", lst.load_balancer, self.host, port)
+                scheme = "https" if context is not None else "http"
+                log.info("load balancer: %s on %s://%s:%d", lst.load_balancer, scheme, self.host, port)
             except OSError as err:
                 errors[port] = f"cannot listen on {self.host}:{port} for {lst.load_balancer}: {err.strerror}"
         self.listeners = wanted
@@ -250,6 +269,10 @@ class Balancer:
         if isinstance(action, Fixed):
             await _send_fixed(ex.conn, ex.writer, action)
             return
+        if isinstance(action, Redirect):
+            self.stats[f"status:{action.status // 100}xx"] += 1
+            await _send_fixed(ex.conn, ex.writer, Fixed(action.status), location(action, listener, request))
+            return
         await self._forward(ex, action)
 
     async def _forward(self, ex: _Exchange, action: Forward) -> None:
@@ -283,13 +306,15 @@ class Balancer:
         self, ex: _Exchange, up_reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter
     ) -> None:
         event, body, conn, writer, port = ex.event, ex.body, ex.conn, ex.writer, ex.port
+        listener = self.listeners.get(port)
+        proto = b"https" if listener is not None and listener.tls is not None else b"http"
         up = h11.Connection(h11.CLIENT)
         headers = [(k, v) for k, v in event.headers if k.lower() not in HOP_BY_HOP]
         forwarded_for = next((v for k, v in event.headers if k.lower() == b"x-forwarded-for"), b"")
         headers = [(k, v) for k, v in headers if not k.lower().startswith(b"x-forwarded-")]
         headers += [
             (b"X-Forwarded-For", (forwarded_for + b", " if forwarded_for else b"") + ex.client.encode()),
-            (b"X-Forwarded-Proto", b"http"),
+            (b"X-Forwarded-Proto", proto),
             (b"X-Forwarded-Port", str(port).encode()),
             (b"Connection", b"close"),
         ]
@@ -373,9 +398,13 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, event: Any) 
         await writer.drain()
 
 
-async def _send_fixed(conn: h11.Connection, writer: asyncio.StreamWriter, fixed: Fixed) -> None:
+async def _send_fixed(
+    conn: h11.Connection, writer: asyncio.StreamWriter, fixed: Fixed, redirect_to: str = ""
+) -> None:
     body = fixed.body.encode()
     headers = [(b"Content-Type", fixed.content_type.encode()), (b"Content-Length", str(len(body)).encode())]
+    if redirect_to:
+        headers.append((b"Location", redirect_to.encode("latin-1", "replace")))
     reason = http.HTTPStatus(fixed.status).phrase.encode() if fixed.status in _KNOWN else b""
     await _send(conn, writer, h11.Response(status_code=fixed.status, headers=headers, reason=reason))
     if body:

@@ -51,7 +51,7 @@ from typing import Any
 from pipeline.aws import tags as T
 from pipeline.aws.session import Clients
 from pipeline.errors import ImageError, PipelineError
-from pipeline.local import memory, world
+from pipeline.local import console, memory, world
 from pipeline.local.balancer import Balancer
 from pipeline.local.control import CloudConfig
 from pipeline.local.disks import DiskCache
@@ -115,6 +115,7 @@ class LocalCloud:
             shutil.rmtree(self.dir / leftover, ignore_errors=True)
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
         _install_health_hook()
+        console.install(self.console_log)
         _active = self
         self.balancer.start()
         self._thread.start()
@@ -132,6 +133,7 @@ class LocalCloud:
         self._stopper.shutdown(wait=True)
         if _active is self:
             _active = None
+            console.uninstall()
         log.info("local cloud stopped")
 
     def poke(self) -> None:
@@ -384,6 +386,14 @@ class LocalCloud:
             log.exception("instance %s: stopping its VM failed", instance_id)
         finally:
             self.registry.remove(instance_id)
+
+    def console_log(self, instance_id: str) -> Path | None:
+        """Where the serial console of ``instance_id``'s VM is (kept for a while after it ended)."""
+        machine = self.registry.get(instance_id)
+        if machine is not None and machine.console_log is not None and machine.console_log.is_file():
+            return machine.console_log
+        kept = self.dir / "logs" / f"{instance_id}.log"
+        return kept if kept.is_file() else None
 
     def _keep_log(self, instance_id: str, machine_dir: Path) -> None:
         logs = self.dir / "logs"

@@ -119,17 +119,22 @@ def check_listener(settings: Settings, stack_url: str) -> None:
     ``stack_url`` is the stack's own ``Url`` output ("" before it exists)."""
     if not settings.local.run_instances:
         return
-    port = settings.deploy.listener_port
     state = status(settings) or {}
+    _check_port(settings, settings.deploy.listener_port, "listener_port", stack_url, state)
+    if settings.deploy.certificate_arn:
+        _check_port(settings, settings.deploy.https_port, "https_port", stack_url, state)
+
+
+def _check_port(settings: Settings, port: int, key: str, stack_url: str, state: dict[str, Any]) -> None:
     for entry in state.get("listeners", []):
         if entry.get("port") != port or entry.get("error"):
             continue
         if stack_url and entry.get("dns_name") and entry["dns_name"] in stack_url:
             return  # this stack's own listener, served already
         raise PipelineError(
-            f"deploy.listener_port: port {port} is the local listener of another stack "
+            f"deploy.{key}: port {port} is the local listener of another stack "
             f"({entry.get('load_balancer')})",
-            hint=f"give env {settings.env} its own port, e.g. --set deploy.listener_port={port + 1}",
+            hint=f"give env {settings.env} its own port, e.g. --set deploy.{key}={port + 1}",
         )
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -138,14 +143,14 @@ def check_listener(settings: Settings, stack_url: str) -> None:
         except OSError as err:
             if err.errno == errno.EACCES:
                 raise PipelineError(
-                    f"deploy.listener_port: the local load balancer may not listen on port {port} "
+                    f"deploy.{key}: the local load balancer may not listen on port {port} "
                     "(ports below 1024 need root)",
-                    hint="use a port of 1024 or above, e.g. --set deploy.listener_port=8000",
+                    hint=f"use a port of 1024 or above, e.g. --set deploy.{key}=8000",
                 ) from err
             if err.errno == errno.EADDRINUSE:
                 raise PipelineError(
-                    f"deploy.listener_port: port {port} on {LOCAL_HOST} is taken by another program",
-                    hint="stop it, or choose another port with --set deploy.listener_port=PORT",
+                    f"deploy.{key}: port {port} on {LOCAL_HOST} is taken by another program",
+                    hint=f"stop it, or choose another port with --set deploy.{key}=PORT",
                 ) from err
             raise
 
@@ -183,7 +188,8 @@ def show_status(state: dict[str, Any] | None, settings: Settings) -> None:
         if entry.get("error"):
             ui.warn(f"load balancer: {entry['error']}")
         else:
-            ui.say(f"load balancer {entry['load_balancer']}: http://{LOCAL_HOST}:{entry['port']}")
+            scheme = str(entry.get("protocol") or "HTTP").lower()
+            ui.say(f"load balancer {entry['load_balancer']}: {scheme}://{LOCAL_HOST}:{entry['port']}")
 
 
 def _duration(seconds: float) -> str:

@@ -1,7 +1,8 @@
 """How the local load balancer picks a target for a request, as an application load balancer does (pure).
 
 A :class:`Listener` is what ELBv2 holds for one listener: its rules in priority order and its default
-action. :func:`route` finds the action of the first rule whose conditions all match the request (the
+action (forward, a fixed response, or a redirect: :func:`location` builds the redirect's URL).
+:func:`route` finds the action of the first rule whose conditions all match the request (the
 ALB condition types ``path-pattern``, ``http-header``, ``host-header`` and ``http-request-method``;
 a rule with a condition of another type never matches). :func:`choose` picks a target for a forward
 action: a target group by weight, then the next of its routable targets in turn (round robin).
@@ -20,8 +21,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from pipeline.local.tls import Tls
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,19 @@ class Fixed:
     body: str = ""
 
 
-Action = Forward | Fixed
+@dataclass(frozen=True)
+class Redirect:
+    """ELBv2's RedirectConfig: each part a value, ``#{...}`` keywords, or "" to keep the request's."""
+
+    status: int  # 301 or 302
+    protocol: str = ""
+    host: str = ""
+    port: str = ""
+    path: str = ""
+    query: str = ""
+
+
+Action = Forward | Fixed | Redirect
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,8 @@ class Listener:
     dns_name: str
     rules: tuple[Rule, ...]  # by priority
     default: Action
+    protocol: str = "HTTP"  # HTTP | HTTPS
+    tls: Tls | None = None  # HTTPS: the certificate and the security policy
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,16 @@ def action_of(actions: Sequence[Mapping[str, Any]]) -> Action:
             if groups:
                 return Forward(tuple((str(g["TargetGroupArn"]), int(g.get("Weight", 1))) for g in groups))
             return Forward(((str(data["TargetGroupArn"]), 1),))
+        if kind == "redirect":
+            r = data.get("RedirectConfig") or {}
+            return Redirect(
+                302 if r.get("StatusCode") == "HTTP_302" else 301,
+                str(r.get("Protocol") or ""),
+                str(r.get("Host") or ""),
+                str(r.get("Port") or ""),
+                str(r.get("Path") or ""),
+                str(r.get("Query") or ""),
+            )
         if kind == "fixed-response":
             fixed = data.get("FixedResponseConfig") or {}
             return Fixed(
@@ -142,6 +170,32 @@ def _without_port(host: str) -> str:
     if host.startswith("["):  # [::1]:80
         return host.split("]", 1)[0] + "]"
     return host.split(":", 1)[0]
+
+
+def location(redirect: Redirect, listener: Listener, request: Request) -> str:
+    """The URL a redirect sends ``request`` to: each part the redirect names (with ``#{protocol}``,
+    ``#{host}``, ``#{port}``, ``#{path}`` without its leading "/", ``#{query}`` replaced by the
+    request's own), and the request's own for the parts it does not name (ELBv2 API reference,
+    RedirectActionConfig)."""
+    parts = urlsplit(request.target)
+    own = {
+        "protocol": listener.protocol.upper(),
+        "host": _without_port(request.headers.get("host", "")) or "localhost",
+        "port": str(listener.port),
+        "path": (parts.path or "/").lstrip("/"),
+        "query": parts.query,
+    }
+
+    def fill(value: str, default: str) -> str:
+        for key, text in own.items():
+            value = value.replace(f"#{{{key}}}", text)
+        return value or default
+
+    protocol = fill(redirect.protocol, own["protocol"]).lower()
+    path = fill(redirect.path, "/" + own["path"])
+    query = fill(redirect.query, own["query"])
+    url = f"{protocol}://{fill(redirect.host, own['host'])}:{fill(redirect.port, own['port'])}{path}"
+    return f"{url}?{query}" if query else url
 
 
 def route(listener: Listener, request: Request) -> Action:

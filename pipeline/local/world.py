@@ -1,22 +1,25 @@
 """What the local AWS holds that the local cloud acts on, read from moto's models in the server process.
 
 :func:`read` returns a :class:`World`: the instances of every Auto Scaling group, the tags of their
-images, the target groups (health check, registered targets) and the HTTP listeners of the load
-balancers with their rules. The caller holds the server's request lock while it reads (moto is not
-written for concurrent access), so a read sees the state between two requests, never in the middle of
-one. Reading the models directly instead of through the API keeps the server's request log and CPU
-free of the cloud's frequent polling; this module is the only one that knows moto's classes from the
-inside (besides the target health hook in :mod:`pipeline.local.cloud`).
+images, the target groups (health check, registered targets) and the HTTP and HTTPS listeners of the
+load balancers with their rules (an HTTPS listener with its certificate and key from the local ACM).
+The caller holds the server's request lock while it reads (moto is not written for concurrent
+access), so a read sees the state between two requests, never in the middle of one. Reading the
+models directly instead of through the API keeps the server's request log and CPU free of the
+cloud's frequent polling; this module is the only one that knows moto's classes from the inside
+(besides the target health hook in :mod:`pipeline.local.cloud` and GetConsoleOutput in
+:mod:`pipeline.local.console`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.local.registry import HealthCheck
 from pipeline.local.routing import Listener, Rule, action_of, condition_of
+from pipeline.local.tls import Tls
 
 
 @dataclass(frozen=True)
@@ -86,14 +89,30 @@ def read(account_id: str) -> World:
                     images[instance.image_id] = dict(ec2.tags.get(instance.image_id) or {})
     groups: dict[str, TargetGroupView] = {}
     listeners: list[Listener] = []
-    for _region, elb in list(elbv2_backends[account_id].items()):
+    for region, elb in list(elbv2_backends[account_id].items()):
         for tg in list(elb.target_groups.values()):
             groups[tg.arn] = _target_group(tg)
         for lb in list(elb.load_balancers.values()):
             for listener in list(lb.listeners.values()):
-                if str(listener.protocol).upper() == "HTTP":
+                protocol = str(listener.protocol).upper()
+                if protocol == "HTTP":
                     listeners.append(_listener(lb, listener))
+                elif protocol == "HTTPS":
+                    tls = _tls(account_id, region, listener)
+                    listeners.append(replace(_listener(lb, listener), protocol=protocol, tls=tls))
     return World(instances, images, groups, tuple(listeners), frozenset(snapshots))
+
+
+def _tls(account_id: str, region: str, listener: Any) -> Tls:
+    """The certificate (and key) the HTTPS listener names, as the local ACM holds it."""
+    from moto.acm.models import acm_backends
+
+    arn = str(listener.certificate or "")
+    policy = str(listener.ssl_policy or "")
+    bundle = acm_backends[account_id][region]._certificates.get(arn)  # the key is not exportable
+    if bundle is None:
+        return Tls(arn, policy, b"", b"")
+    return Tls(arn, policy, bytes(bundle.cert), bytes(bundle.key))
 
 
 def _scratch_gib(group: Any) -> int:

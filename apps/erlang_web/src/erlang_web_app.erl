@@ -26,12 +26,20 @@ start() ->
 start(_Type, _Args) ->
     case erlang_web_config:validate() of
         ok ->
-            erlang_web_sup:start_link();
+            log_started(erlang_web_sup:start_link());
         {error, {bad_config, Key, Value, Expected}} = Error ->
             error_logger:error_msg("erlang_web: bad configuration: ~p = ~p, expected ~s~n",
                                    [Key, Value, Expected]),
             Error
     end.
+
+%% The start is a line in the log (on an instance: its console, what `invoke logs' shows).
+log_started({ok, _} = Started) ->
+    error_logger:info_msg("erlang_web: started (build ~s, env ~s)~n",
+                          [erlang_web_config:get(build_id), erlang_web_config:get(env)]),
+    Started;
+log_started(Other) ->
+    Other.
 
 %% @doc Before the supervision tree is stopped: stop accepting and let the connections finish
 %% their requests (at most request_timeout).

@@ -250,6 +250,7 @@ read_body(#st{sock = Sock}, #req{version = Version, expect = Expect, deadline = 
 respond(#st{sock = Sock} = St, #req{method = Method, version = Version, conn = Tokens}, Path,
         Body) ->
     {Status, Type, RespBody, Extra} = dispatch(Method, Path, Body),
+    ok = log_server_error(Method, Path, Status, RespBody),
     Draining = St#st.draining orelse draining(),
     Conn = case Draining of
                true -> close;
@@ -290,6 +291,22 @@ call(Handler, Method, Body) ->
                                    [Handler, Method, Class, Reason, ?STACKTRACE(Stack)]),
             {500, <<"text/plain; charset=utf-8">>, <<"Internal Server Error\n">>, []}
     end.
+
+%% A request answered with a 5xx is a line in the log (on an instance: its console, what
+%% `invoke logs' shows), with the start of the answer, which says why (a health check's 503 names
+%% what is not up).
+log_server_error(Method, Path, Status, Body) when Status >= 500 ->
+    Text = binary:replace(iolist_to_binary(Body), [<<"\r">>, <<"\n">>], <<" ">>, [global]),
+    Why = binary:part(Text, 0, erlang:min(byte_size(Text), 200)),
+    error_logger:warning_msg("erlang_web: ~s ~ts answered ~b: ~ts~n",
+                             [method_name(Method), Path, Status, Why]);
+log_server_error(_Method, _Path, _Status, _Body) ->
+    ok.
+
+method_name(get) -> <<"GET">>;
+method_name(head) -> <<"HEAD">>;
+method_name(post) -> <<"POST">>;
+method_name({other, Name}) -> Name.
 
 draining() ->
     receive
