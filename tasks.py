@@ -47,12 +47,12 @@ def failures() -> Iterator[None]:
 
 def load(env: str | None, overrides: list[str] | None, **cli: Any) -> config.Settings:
     """Settings for ``env`` with ``--set`` overrides and the task's own flags (``section__key=value``)."""
-    pairs = list(overrides or [])
+    flags = {}
     for name, value in cli.items():
         if value is not None:
             section, key = name.split("__")
-            pairs.append(f"{section}.{key}={_toml(value)}")
-    return config.load(env=env, overrides=pairs)
+            flags[f"--{key.replace('_', '-')}"] = f"{section}.{key}={_toml(value)}"
+    return config.load(env=env, overrides=list(overrides or []), flags=flags)
 
 
 def _clients(settings: config.Settings) -> Any:

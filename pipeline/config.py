@@ -54,48 +54,12 @@ def rule(r: Rule, default: Any) -> Any:
     return check(r.expect, r.ok, default, r.hint)
 
 
-def _between(lo: int, hi: int) -> Check:
-    return lambda v: lo <= v <= hi
-
-
-def _nonempty(v: str) -> bool:
-    return bool(v.strip())
-
-
-def _cidr(v: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(v, strict=True)
-    except ValueError:
-        return False
-    return "/" in v
-
-
-def _weight_steps(v: tuple[int, ...]) -> bool:
-    return bool(v) and all(1 <= s <= 100 for s in v) and list(v) == sorted(set(v)) and v[-1] == 100
-
-
-def _toolchain(v: str) -> bool:
-    """``local`` or ``ssh://user@host[:port]`` (nothing else: no password, path or query)."""
-    if v == "local":
-        return True
-    from urllib.parse import urlsplit
-
-    try:
-        url = urlsplit(v)
-        port = url.port
-    except ValueError:
-        return False
-    return (
-        url.scheme == "ssh"
-        and bool(url.username and url.hostname)
-        and url.password is None
-        and url.path in ("", "/")
-        and not url.query
-        and not url.fragment
-        and (port is None or 1 <= port <= 65535)
-    )
+# Rules of pipeline.rules under the names the fields below use.
+_between = rules.between
+_nonempty = rules.nonblank
+_cidr = rules.cidr
+_weight_steps = rules.weight_steps
+_toolchain = rules.toolchain
 
 
 # -- sections ------------------------------------------------------------------------------------------
@@ -232,7 +196,7 @@ class Settings:
 
     def where(self, dotted: str) -> str:
         """Where the value of ``section.key`` came from, for an error about it."""
-        return self.origins.get(dotted, f"{CONFIG_FILE}: {dotted} (default)")
+        return self.origins.get(dotted, f"{CONFIG_FILE}: {dotted}")
 
     @property
     def app_dir(self) -> Path:
@@ -287,12 +251,14 @@ def load(
     root: Path | None = None,
     env: str | None = None,
     overrides: Iterable[str] = (),
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
     """Load ``pipeline.toml`` from ``root`` (default: found from cwd) for environment ``env``.
 
     ``env`` None means the file's ``default_env``. ``overrides`` are ``section.key=value`` strings
-    (value in TOML syntax, or a bare string) applied last. Raises :class:`ConfigError` with the exact
-    place of the first problem.
+    (value in TOML syntax, or a bare string) applied last, then ``flags``: a task's own flags, as
+    ``{"--keep": "ami.keep=3"}``, which errors name by the flag. Raises :class:`ConfigError` with the
+    exact place of the first problem.
     """
     root = find_root(root)
     raw = _read_toml(root / CONFIG_FILE)
@@ -329,6 +295,8 @@ def load(
         )
     merged = _merge(base, _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src, origins=origins))
     merged = _merge(merged, _parse_overrides(overrides, origins))
+    for flag, item in (flags or {}).items():
+        merged = _merge(merged, _parse_overrides([item], origins, flag))
     return _build(merged, chosen, root, origins)
 
 
@@ -441,7 +409,10 @@ def _type_name(tp: Any) -> str:
     return {int: "integer", str: "string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _parse_overrides(overrides: Iterable[str], origins: dict[str, str]) -> dict[str, dict[str, Any]]:
+def _parse_overrides(
+    overrides: Iterable[str], origins: dict[str, str], flag: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``--set`` items (or the one item of a task's ``flag``) as a checked layer."""
     layer: dict[str, dict[str, Any]] = {}
     form = "write --set SECTION.KEY=VALUE, like --set app.greeting=Hi"
     for item in overrides:
@@ -466,7 +437,23 @@ def _parse_overrides(overrides: Iterable[str], origins: dict[str, str]) -> dict[
         except tomllib.TOMLDecodeError:
             value = text  # a bare word is a string: --set app.greeting=Hi
         layer.setdefault(section, {})[key] = value
+    if flag is not None:
+        return _check_flag(flag, layer, origins)
     return _check_layer(layer, prefix="", src=f"{SET} ", origins=origins)
+
+
+def _check_flag(
+    flag: str, layer: dict[str, dict[str, Any]], origins: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """A task flag's value, checked as the setting it stands for; errors say ``--flag (section.key)``."""
+    ((section, values),) = layer.items()
+    ((key, value),) = values.items()
+    cls = SECTIONS[section]
+    fld = {f.name: f for f in dataclasses.fields(cls)}[key]
+    where = f"{flag} ({section}.{key})"
+    origins[f"{section}.{key}"] = where
+    hint = f"fix {flag}, or leave it out for the setting's value"
+    return {section: {key: _check_value(where, value, typing.get_type_hints(cls)[key], fld, hint)}}
 
 
 def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -96,6 +96,52 @@ def nonblank(v: str) -> bool:
     return bool(v.strip())
 
 
+# -- numbers, networks, hosts -----------------------------------------------------------------------------
+
+
+def between(lo: int, hi: int) -> Callable[[Any], bool]:
+    return lambda v: lo <= v <= hi
+
+
+def cidr(v: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(v, strict=True)
+    except ValueError:
+        return False
+    return "/" in v
+
+
+def weight_steps(v: tuple[int, ...]) -> bool:
+    return bool(v) and all(1 <= s <= 100 for s in v) and list(v) == sorted(set(v)) and v[-1] == 100
+
+
+def toolchain(v: str) -> bool:
+    """``local`` or ``ssh://user@host[:port]`` (nothing else: no password, path or query; and no
+    whitespace or control character, which urlsplit would silently drop)."""
+    if v == "local":
+        return True
+    from urllib.parse import urlsplit
+
+    if not v.isprintable() or " " in v:
+        return False
+    try:
+        url = urlsplit(v)
+        port = url.port
+    except ValueError:
+        return False
+    return (
+        url.scheme == "ssh"
+        and bool(url.username and url.hostname)
+        and url.password is None
+        and url.path in ("", "/")
+        and not url.query
+        and not url.fragment
+        and (port is None or 1 <= port <= 65535)
+    )
+
+
 # -- paths --------------------------------------------------------------------------------------------------
 
 PATH_MAX = 200  # a mount point and GooFS path on the boot line (Xen: 1023 characters for all of it)
@@ -265,11 +311,6 @@ def check_combinations(s: Settings) -> None:
             f"{w('ami.kms_key_id')}: the key is in {key_region}, but the images are made in "
             f"{s.aws.region} ({w('aws.region')})",
             hint="use a key of the region the snapshot is uploaded to",
-        )
-    if s.aws.region in s.ami.regions:
-        raise ConfigError(
-            f"{w('ami.regions')}: lists {s.aws.region}, the region images are made in ({w('aws.region')})",
-            hint="ami.regions names only the extra regions to copy images to",
         )
     longest = tags.image_name(s.app.name, s.env, "beam", "hvm", "0" * BUILD_ID_LEN)
     if len(longest) > AMI_NAME_MAX:

@@ -241,14 +241,10 @@ def test_subnets_come_in_twos_with_their_vpc(tmp_path: Path) -> None:
     assert line.startswith("--set deploy.vpc_id: deploy.vpc_id and deploy.subnet_ids must be given together")
 
 
-def test_the_home_region_is_not_a_copy_region(tmp_path: Path) -> None:
-    assert "ami.regions: lists us-east-1" in refused(write(tmp_path), "ami.regions=['us-east-1']")
-
-
 def test_the_listener_cannot_take_the_local_aws_port(tmp_path: Path) -> None:
     line = refused(write(tmp_path), "deploy.listener_port=4566")
     assert line.startswith("--set deploy.listener_port: port 4566 is the local AWS's own port")
-    assert "pipeline.toml: local.port (default)" in line
+    assert "(pipeline.toml: local.port)" in line
     s = config.load(tmp_path, overrides=["deploy.listener_port=4566", 'aws.endpoint="aws"'])
     assert s.deploy.listener_port == 4566
 
@@ -270,7 +266,7 @@ def test_settings_say_where_each_value_came_from(tmp_path: Path) -> None:
     assert s.where("app.port") == "pipeline.toml: app.port"
     assert s.where("deploy.capacity") == "pipeline.toml: env.dev.deploy.capacity"
     assert s.where("app.acceptors") == "--set app.acceptors"
-    assert s.where("app.storage") == "pipeline.toml: app.storage (default)"
+    assert s.where("app.storage") == "pipeline.toml: app.storage"  # the default
 
 
 # -- the file and the command line --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, pv, rollout, stack
+from pipeline.aws import ami, cfn, preflight, pv, rollout, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.params import Release, StackState
@@ -85,7 +85,10 @@ def deploy(
     missing, stack busy or stuck) and a :class:`DeployError` after rolling back a failed release.
     """
     runtime = runtime or Runtime()
-    pv.check_instance_type(settings.deploy.instance_type, settings.virtualization)
+    pv.check_instance_type(
+        settings.deploy.instance_type, settings.virtualization, settings.where("deploy.instance_type")
+    )
+    preflight.for_deploy(settings, clients)
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
@@ -300,7 +303,10 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
-    pv.check_instance_type(settings.deploy.instance_type, virtualization)
+    pv.check_instance_type(
+        settings.deploy.instance_type, virtualization, settings.where("deploy.instance_type")
+    )
+    preflight.for_deploy(settings, clients)
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         out.append(
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")
