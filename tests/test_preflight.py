@@ -326,3 +326,34 @@ def test_deploy_and_plan_refuse_a_bogus_network_before_any_change() -> None:
         deploy.plan(s, clients)
     assert rec.mutating() == []
     assert clients.cloudformation().describe_stacks()["Stacks"] == []
+
+
+def test_a_listener_port_change_goes_through_the_same_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changing only deploy.listener_port updates the template of the live release; that update once
+    skipped the checks a release makes (the local cloud's listener port), so a port nothing could
+    serve was reported as live."""
+    from awstest import FakeClock
+
+    from pipeline.aws.deployment import Deployment
+
+    clock = FakeClock()
+    runtime = Runtime(sleep=clock.sleep, clock=clock.clock, confirm=lambda _q: True)
+    rec = Recorder()
+    clients = make_clients(rec)
+    first = settings("deploy.bake_seconds=0")
+    register_ami(clients, first, BUILD)
+    deploy.deploy(first, clients, runtime, BUILD)
+
+    checked: list[tuple[int, int]] = []
+
+    def refuse(self: Deployment, new_instances: int) -> None:
+        checked.append((self.settings.deploy.listener_port, new_instances))
+        raise ConfigError("deploy.listener_port: port 8081 is taken", hint="choose another")
+
+    monkeypatch.setattr(Deployment, "preflight", refuse)
+    rec.clear()
+    with pytest.raises(ConfigError, match="port 8081 is taken"):
+        deploy.deploy(settings("deploy.bake_seconds=0", "deploy.listener_port=8081"), clients, runtime, BUILD)
+    assert checked == [(8081, 0)]
+    # refused before the stack update (the plan's change set is made and deleted again, as for any plan)
+    assert {op for _, op in rec.mutating()} <= {"CreateChangeSet", "DeleteChangeSet"}

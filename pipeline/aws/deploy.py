@@ -172,6 +172,7 @@ def _update_template(
     url = d.url()
     if dry_run:
         return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
+    d.preflight(0)  # the same checks as a release: a new listener port must be one this machine can take
     if not d.runtime.confirm(f"update the template of stack {d.name}?"):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
     d.apply(current, "template change (same release)")
