@@ -199,6 +199,14 @@ APP_NAME = Rule(
     'for example "erlang_web"',
 )
 
+# -- builds -------------------------------------------------------------------------------------------------
+
+BUILD_ID = Rule(
+    lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{1,64}", v) is not None,
+    "a build id (hex digits)",
+    "invoke build prints the build id; invoke status shows the live ones",
+)
+
 # -- environments -------------------------------------------------------------------------------------------
 
 ENV_MAX = 32

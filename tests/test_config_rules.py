@@ -298,7 +298,7 @@ def test_a_directory_named_pipeline_toml_is_not_a_missing_file(tmp_path: Path) -
 )
 def test_malformed_set_items(tmp_path: Path, item: str, says: str) -> None:
     line = refused(write(tmp_path), item)
-    assert line.startswith(f"--set {config.show(item)}: {says}")
+    assert line.startswith(f"--set {rules.show(item)}: {says}")
 
 
 def test_a_set_value_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
@@ -313,11 +313,11 @@ def test_unknown_sections_and_keys_name_the_source(tmp_path: Path) -> None:
 
 
 def test_bad_values_are_shown_short_and_on_one_line() -> None:
-    assert config.show("a\nb\0c\x1b[31m") == '"a\\nb\\u0000c\\u001b[31m"'
-    assert config.show("\u2028") == '"\\u2028"'
-    long = config.show("x" * 10_000)
+    assert rules.show("a\nb\0c\x1b[31m") == '"a\\nb\\u0000c\\u001b[31m"'
+    assert rules.show("\u2028") == '"\\u2028"'
+    long = rules.show("x" * 10_000)
     assert long == '"' + "x" * 59 + "... (10000 characters)"
-    assert config.show(["a"] * 100).endswith("... (100 in all)")
+    assert rules.show(["a"] * 100).endswith("... (100 in all)")
 
 
 def _toml(value: str) -> str:
