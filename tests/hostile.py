@@ -171,6 +171,15 @@ def ling_expected_args(v: Values) -> list[str]:
     ]
 
 
+def vm_args(v: Values) -> str:
+    return render.render(TEMPLATES, "vm.args.j2", _base(v))
+
+
+def vm_args_lines(text: str) -> list[str]:
+    """The arguments of a vm.args file (erlexec reads every line that is not a ``#`` comment)."""
+    return [line for line in text.split("\n") if line.strip() and not line.lstrip().startswith("#")]
+
+
 def menu_lst(v: Values, ling: bool) -> str:
     if ling:
         line = ling_boot_line(v)
