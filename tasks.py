@@ -22,7 +22,17 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from pipeline import config, rules, ui
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import (
+    AwsError,
+    CompileError,
+    ConfigError,
+    DeployError,
+    ImageError,
+    PipelineError,
+    TemplateError,
+    ToolFailed,
+    ToolMissing,
+)
 
 logging.basicConfig(
     level=os.environ.get("PIPELINE_LOG_LEVEL", "WARNING").upper(),
@@ -41,6 +51,8 @@ def failures() -> Iterator[None]:
     try:
         yield
     except PipelineError as err:
+        if err.hint is None:
+            err.hint = _fallback_hint(err)
         raise Exit(f"error: {_printable(str(err))}", code=1) from None
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
@@ -51,6 +63,26 @@ def failures() -> Iterator[None]:
         ) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
+
+
+# The next step for an error raised without a hint of its own, by kind (most specific first).
+FALLBACK_HINTS: tuple[tuple[type[PipelineError], str], ...] = (
+    (ConfigError, "fix the setting or file named at the start of the line"),
+    (TemplateError, "fix the template at the line named (templates/ of the project)"),
+    (CompileError, "fix the Erlang source and run the build again"),
+    (ToolMissing, "./setup.sh installs the programs the pipeline runs"),
+    (ToolFailed, "the program's own message is above; PIPELINE_LOG_LEVEL=INFO shows more"),
+    (ImageError, "nothing half-made was kept; invoke build --force builds the image again"),
+    (AwsError, "check aws.endpoint, aws.profile and aws.region; invoke iam-policy prints the permissions"),
+    (DeployError, "invoke status shows the stack's state"),
+)
+
+
+def _fallback_hint(err: PipelineError) -> str:
+    for kind, hint in FALLBACK_HINTS:
+        if isinstance(err, kind):
+            return hint
+    return "PIPELINE_LOG_LEVEL=INFO shows what led to it"
 
 
 def _printable(line: str) -> str:
@@ -302,7 +334,10 @@ def run(
         while vm.running() and not stop.wait(0.5):
             pass
         if not vm.running():
-            raise Exit(f"error: the VM stopped by itself; see {vm.spec.console_log}", code=1)
+            raise Exit(
+                f"error: the VM stopped by itself (hint: its console log says why: {vm.spec.console_log})",
+                code=1,
+            )
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # a kill (SIGTERM) shuts the VM down like Ctrl-C
@@ -330,7 +365,11 @@ def run(
                 mark = "[green]ok[/green]" if item.ok else "[red]FAILED[/red]"
                 ui.say(f"  {mark} {item.name}: {item.detail}")
             if not result.passed:
-                raise Exit("error: smoke test failed", code=1)
+                raise Exit(
+                    f"error: smoke test failed (hint: the checks above say which; the console log is "
+                    f"{result.console_log})",
+                    code=1,
+                )
             ui.done("smoke test passed; VM shut down")
 
 

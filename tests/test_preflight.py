@@ -313,7 +313,7 @@ def test_certificates() -> None:
 # -- wired into the tasks -----------------------------------------------------------------------------------
 
 
-def test_deploy_and_plan_refuse_a_bogus_network_before_any_change() -> None:
+def test_deploy_plan_and_rollback_refuse_a_bogus_network_before_any_change() -> None:
     """A bogus deploy.vpc_id once passed the plan and took the live release down at deploy time."""
     rec = Recorder()
     clients = make_clients(rec)
@@ -324,6 +324,8 @@ def test_deploy_and_plan_refuse_a_bogus_network_before_any_change() -> None:
         deploy.deploy(s, clients, Runtime(confirm=lambda _q: True), BUILD)
     with pytest.raises(ConfigError, match="there is no VPC vpc-0123456789abcdef0"):
         deploy.plan(s, clients)
+    with pytest.raises(ConfigError, match="there is no VPC vpc-0123456789abcdef0"):
+        deploy.rollback(s, clients, Runtime(confirm=lambda _q: True))
     assert rec.mutating() == []
     assert clients.cloudformation().describe_stacks()["Stacks"] == []
 

@@ -218,6 +218,7 @@ def rollback(
     """Return the traffic to the previous release, which the idle colour keeps: scale it up, wait until
     it is healthy, move all the traffic to it, and scale the other colour down after the retention."""
     runtime = runtime or Runtime()
+    preflight.check_network(settings, clients)  # the rollback's stack update passes the network settings
     d = Deployment(settings, clients, runtime)
     info = d.read()
     if info is None:
