@@ -21,8 +21,18 @@ from invoke.context import Context
 from invoke.exceptions import Exit
 from invoke.tasks import task
 
-from pipeline import config, ui
-from pipeline.errors import ConfigError, PipelineError
+from pipeline import config, rules, ui
+from pipeline.errors import (
+    AwsError,
+    CompileError,
+    ConfigError,
+    DeployError,
+    ImageError,
+    PipelineError,
+    TemplateError,
+    ToolFailed,
+    ToolMissing,
+)
 
 logging.basicConfig(
     level=os.environ.get("PIPELINE_LOG_LEVEL", "WARNING").upper(),
@@ -36,30 +46,76 @@ COMMON_HELP = {"env": ENV_HELP, "set": SET_HELP}
 
 @contextmanager
 def failures() -> Iterator[None]:
-    """Turn pipeline errors into a one-line message on stderr and exit status 1."""
+    """Turn pipeline errors into a one-line message on stderr and exit status 1. A file system error
+    that escaped the pipeline's own handling (a path it was given, a full disk) is one line too."""
     try:
         yield
     except PipelineError as err:
-        raise Exit(f"error: {err}", code=1) from None
+        if err.hint is None:
+            err.hint = _fallback_hint(err)
+        raise Exit(f"error: {_printable(str(err))}", code=1) from None
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        raise Exit(
+            f"error: {_printable(where + (err.strerror or str(err)))} "
+            "(hint: check the path, its permissions and the free space, then run the task again)",
+            code=1,
+        ) from None
     except KeyboardInterrupt:
         raise Exit("interrupted", code=130) from None
 
 
+# The next step for an error raised without a hint of its own, by kind (most specific first).
+FALLBACK_HINTS: tuple[tuple[type[PipelineError], str], ...] = (
+    (ConfigError, "fix the setting or file named at the start of the line"),
+    (TemplateError, "fix the template at the line named (templates/ of the project)"),
+    (CompileError, "fix the Erlang source and run the build again"),
+    (ToolMissing, "./setup.sh installs the programs the pipeline runs"),
+    (ToolFailed, "the program's own message is above; PIPELINE_LOG_LEVEL=INFO shows more"),
+    (ImageError, "nothing half-made was kept; invoke build --force builds the image again"),
+    (AwsError, "check aws.endpoint, aws.profile and aws.region; invoke iam-policy prints the permissions"),
+    (DeployError, "invoke status shows the stack's state"),
+)
+
+
+def _fallback_hint(err: PipelineError) -> str:
+    for kind, hint in FALLBACK_HINTS:
+        if isinstance(err, kind):
+            return hint
+    return "PIPELINE_LOG_LEVEL=INFO shows what led to it"
+
+
+def _printable(line: str) -> str:
+    """The error line as the terminal gets it: control characters (an escape sequence, a line break)
+    and bytes that are not UTF-8 escaped, so a value can neither spoof nor break the line."""
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in line)
+
+
 def load(env: str | None, overrides: list[str] | None, **cli: Any) -> config.Settings:
     """Settings for ``env`` with ``--set`` overrides and the task's own flags (``section__key=value``)."""
-    pairs = list(overrides or [])
+    flags = {}
     for name, value in cli.items():
         if value is not None:
             section, key = name.split("__")
-            pairs.append(f"{section}.{key}={_toml(value)}")
-    return config.load(env=env, overrides=pairs)
+            flags[f"--{key.replace('_', '-')}"] = f"{section}.{key}={_toml(value)}"
+    return config.load(env=env, overrides=list(overrides or []), flags=flags)
 
 
 def _clients(settings: config.Settings) -> Any:
     """The AWS clients for ``settings``, after saying which AWS they act on (every AWS task's first line)."""
+    from botocore.exceptions import ProfileNotFound
+
     from pipeline.aws import session
 
-    clients = session.clients(settings)
+    try:
+        clients = session.clients(settings)
+    except ProfileNotFound:
+        raise ConfigError(
+            f'{settings.where("aws.profile")}: there is no AWS profile "{settings.aws.profile}"',
+            hint='aws configure list-profiles lists them; or set aws.profile = "" for the default '
+            "credential chain",
+        ) from None
     ui.say(f"AWS: {clients.describe()}")
     return clients
 
@@ -172,7 +228,7 @@ def gc(
 
     with failures():
         s = load(env, set_, ami__keep=_whole("keep", keep))
-        minutes = _whole("grace-minutes", grace_minutes)
+        minutes = _whole("grace-minutes", grace_minutes, hi=10 * 365 * 24 * 60)
         clients = _clients(s)
         grace = collector.GRACE if minutes is None else timedelta(minutes=minutes)
         p = collector.plan(clients, s, grace=grace)
@@ -198,17 +254,47 @@ def _show_gc_plan(p: Any, title: str) -> None:
         ui.done(f"gc: nothing to remove in {', '.join(p.regions)} ({len(p.kept)} kept)")
 
 
-def _whole(flag: str, value: str | None) -> int | None:
+def _whole(flag: str, value: str | None, lo: int = 0, hi: int = 10**9) -> int | None:
     """A flag that takes a whole number (invoke hands flags without a default over as strings)."""
     if value is None:
         return None
     try:
-        number = int(value)
+        number = int(str(value).strip(), 10)
     except ValueError:
-        raise PipelineError(f'--{flag}: expected a whole number, got "{value}"') from None
-    if number < 0:
-        raise PipelineError(f"--{flag}: expected 0 or more, got {number}")
+        raise ConfigError(
+            f"--{flag}: expected a whole number, got {rules.show(value)}",
+            hint=f"for example --{flag} {lo + 1}",
+        ) from None
+    if number < lo:
+        raise ConfigError(
+            f"--{flag}: expected {lo} or more, got {number}", hint=f"for example --{flag} {lo + 1}"
+        )
+    if number > hi:
+        raise ConfigError(f"--{flag}: expected at most {hi}, got {number}", hint=f"for example --{flag} {hi}")
     return number
+
+
+def _scratch_file(value: str | None) -> Any:
+    """``--scratch``: a file to keep the scratch disk in; made if missing, in a directory that exists."""
+    from pathlib import Path
+
+    if value is None:
+        return None
+    if not value or "\0" in value:
+        raise ConfigError(
+            f"--scratch: expected a file path, got {rules.show(value)}", hint="--scratch scratch.img"
+        )
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_file():
+        raise ConfigError(
+            f"--scratch: {rules.show(value)} is not a regular file", hint="name a file (made if missing)"
+        )
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"--scratch: the directory of {rules.show(value)} does not exist",
+            hint="name a file in an existing directory (the file is made if missing)",
+        )
+    return path
 
 
 @task(
@@ -227,13 +313,12 @@ def run(
     set_: list[str] | None = None,
     disk: bool = False,
     scratch: str | None = None,
-    port: int | None = None,
+    port: str | None = None,
     check: bool = False,
 ) -> None:
     """Boot the built image in QEMU and wait for it to answer; Ctrl-C shuts it down."""
     import signal
     import threading
-    from pathlib import Path
 
     from pipeline.local import boot
 
@@ -249,20 +334,25 @@ def run(
         while vm.running() and not stop.wait(0.5):
             pass
         if not vm.running():
-            raise Exit(f"error: the VM stopped by itself; see {vm.spec.console_log}", code=1)
+            raise Exit(
+                f"error: the VM stopped by itself (hint: its console log says why: {vm.spec.console_log})",
+                code=1,
+            )
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # a kill (SIGTERM) shuts the VM down like Ctrl-C
 
     signal.signal(signal.SIGTERM, terminated)
     with failures():
+        host_port = _whole("port", port, lo=1, hi=65535)  # invoke hands the flag over as a string
+        scratch_file = _scratch_file(scratch)
         s = load(env, set_)
         try:
             result = boot.boot(
                 s,
                 disk=disk,
-                scratch=Path(scratch) if scratch else None,
-                port=port,
+                scratch=scratch_file,
+                port=host_port,
                 check=check,
                 on_ready=ready,
                 wait=until_interrupted,
@@ -275,7 +365,11 @@ def run(
                 mark = "[green]ok[/green]" if item.ok else "[red]FAILED[/red]"
                 ui.say(f"  {mark} {item.name}: {item.detail}")
             if not result.passed:
-                raise Exit("error: smoke test failed", code=1)
+                raise Exit(
+                    f"error: smoke test failed (hint: the checks above say which; the console log is "
+                    f"{result.console_log})",
+                    code=1,
+                )
             ui.done("smoke test passed; VM shut down")
 
 
@@ -409,6 +503,8 @@ def deploy(
     from pipeline.aws import status as stack_status
 
     with failures():
+        if build_id is not None and not rules.BUILD_ID.ok(build_id):
+            raise rules.bad_value("--build-id", rules.BUILD_ID.expect, build_id, rules.BUILD_ID.hint)
         s = load(env, set_)
         clients = _clients(s)
         outcome = deployer.deploy(s, clients, deployer.Runtime(confirm=_confirm(yes)), build_id, dry_run)
@@ -505,7 +601,10 @@ def rollback(
     with failures():
         color = next((c for c in COLORS if c == to), None)
         if to is not None and color is None:
-            raise ConfigError(f'--to: expected "blue" or "green", got "{to}"')
+            raise ConfigError(
+                f'--to: expected "blue" or "green", got {rules.show(to)}',
+                hint="invoke status shows which colour runs which build",
+            )
         s = load(env, set_)
         clients = _clients(s)
         outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
@@ -556,6 +655,8 @@ def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None
     from pipeline.aws import iam
 
     with failures():
+        if account != "*" and not rules.ACCOUNT_ID.ok(account):
+            raise rules.bad_value("--account", rules.ACCOUNT_ID.expect, account, 'or "*" for any account')
         ui.result(iam.policy_json(load(env, set_), account))
 
 
@@ -577,18 +678,16 @@ def xen_check(
     json: bool = False,
 ) -> None:
     """Boot the build's PV disk as a Xen PV guest (Xen in QEMU) and GET /health and /version from it."""
-    from pathlib import Path
 
     from pipeline.xen import check
     from pipeline.xen.machine import XenCheckFailed
 
     with failures():
+        disk_file = _disk_file(disk)
         s = load(env, set_)
         ui.say("xen.check: Xen in QEMU, the pv disk booted through the PV-GRUB-compatible loader")
         try:
-            result = check.check(
-                s, Path(disk).resolve() if disk else None, say=ui.say, validate=not no_validate
-            )
+            result = check.check(s, disk_file, say=ui.say, validate=not no_validate)
         except XenCheckFailed as err:
             for line in err.excerpt:
                 ui.say(f"  | {line}")
@@ -598,6 +697,21 @@ def xen_check(
         ui.done(f"PV guest answered in {result.total:.1f}s total")
         if json:
             ui.result(result.record())
+
+
+def _disk_file(value: str | None) -> Any:
+    """``xen.check --disk``: an existing raw disk image file."""
+    from pathlib import Path
+
+    if value is None:
+        return None
+    path = Path(value).expanduser() if value and "\0" not in value else None
+    if path is None or not path.is_file():
+        raise ConfigError(
+            f"--disk: {rules.show(value)} is not a disk image file",
+            hint="name the raw PV disk to boot, or leave --disk out for the current build's",
+        )
+    return path.resolve()
 
 
 xen = Collection("xen")

@@ -11,13 +11,15 @@ covers it, and the error wording (one line, the TOML path, the expected shape, t
 is ours to choose instead of being translated from another library's error list.
 
 A field's type comes from its annotation (``int``, ``str``, ``bool``, ``tuple[str, ...]``,
-``tuple[int, ...]`` or a ``Literal``); extra constraints come from ``check(...)`` in the field's metadata.
+``tuple[int, ...]`` or a ``Literal``); extra constraints come from ``check(...)`` or ``rule(...)`` in
+the field's metadata (:mod:`pipeline.rules` holds the rules of where values end up). Every error names
+where the value came from (``pipeline.toml: env.prod.app.port`` or ``--set app.port``), what was
+expected, the value (shortened) and a hint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import tomllib
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -25,16 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline import rules
 from pipeline.errors import ConfigError
+from pipeline.rules import Rule, bad_value, show
 
 CONFIG_FILE = "pipeline.toml"
+SET = "--set"
 
 Check = Callable[[Any], bool]
 
 
-def check(expect: str, ok: Check | None = None, default: Any = dataclasses.MISSING) -> Any:
+def check(
+    expect: str, ok: Check | None = None, default: Any = dataclasses.MISSING, hint: str | None = None
+) -> Any:
     """A dataclass field with an extra constraint; ``expect`` is the wording of the error message."""
-    meta = {"expect": expect, "ok": ok}
+    meta = {"expect": expect, "ok": ok, "hint": hint}
     if default is dataclasses.MISSING:
         return field(metadata=meta)
     if isinstance(default, list):
@@ -42,74 +49,17 @@ def check(expect: str, ok: Check | None = None, default: Any = dataclasses.MISSI
     return field(default=default, metadata=meta)
 
 
-def _between(lo: int, hi: int) -> Check:
-    return lambda v: lo <= v <= hi
+def rule(r: Rule, default: Any) -> Any:
+    """A dataclass field checked by a rule of :mod:`pipeline.rules`."""
+    return check(r.expect, r.ok, default, r.hint)
 
 
-def _nonempty(v: str) -> bool:
-    return bool(v.strip())
-
-
-def _erlang_name(v: str) -> bool:
-    return bool(v) and v[0].islower() and all(c.isalnum() or c == "_" for c in v) and v.isascii()
-
-
-def _cidr(v: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_network(v, strict=True)
-    except ValueError:
-        return False
-    return "/" in v
-
-
-def _account_id(v: str) -> bool:
-    return len(v) == 12 and v.isdigit()
-
-
-def _certificate_arn(v: str) -> bool:
-    """An ACM certificate ARN (arn:PARTITION:acm:REGION:ACCOUNT:certificate/ID), or "" for none."""
-    import re
-
-    return not v or bool(re.fullmatch(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[A-Za-z0-9-]+", v))
-
-
-def _bucket_name(v: str) -> bool:
-    """An S3 bucket name (3-63 of a-z, 0-9, dots and hyphens, a letter or digit at each end), or ""."""
-    import re
-
-    return not v or (bool(re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", v)) and ".." not in v)
-
-
-def _weight_steps(v: tuple[int, ...]) -> bool:
-    return bool(v) and all(1 <= s <= 100 for s in v) and list(v) == sorted(set(v)) and v[-1] == 100
-
-
-def _toolchain(v: str) -> bool:
-    """``local`` or ``ssh://user@host[:port]`` (nothing else: no password, path or query)."""
-    if v == "local":
-        return True
-    from urllib.parse import urlsplit
-
-    try:
-        url = urlsplit(v)
-        port = url.port
-    except ValueError:
-        return False
-    return (
-        url.scheme == "ssh"
-        and bool(url.username and url.hostname)
-        and url.password is None
-        and url.path in ("", "/")
-        and not url.query
-        and not url.fragment
-        and (port is None or 1 <= port <= 65535)
-    )
-
-
-def _abs_path(v: str) -> bool:
-    return v.startswith("/") and " " not in v and len(v) <= 200
+# Rules of pipeline.rules under the names the fields below use.
+_between = rules.between
+_nonempty = rules.nonblank
+_cidr = rules.cidr
+_weight_steps = rules.weight_steps
+_toolchain = rules.toolchain
 
 
 # -- sections ------------------------------------------------------------------------------------------
@@ -119,8 +69,8 @@ def _abs_path(v: str) -> bool:
 class AppSettings:
     """The Erlang app and the configuration baked into its image (its sys.config)."""
 
-    name: str = check("an Erlang application name (lowercase letters, digits, _)", _erlang_name, "erlang_web")
-    path: str = check("a directory relative to the project root", _nonempty, "apps/erlang_web")
+    name: str = rule(rules.APP_NAME, "erlang_web")
+    path: str = rule(rules.PROJECT_DIR, "apps/erlang_web")
     port: int = check("integer 1-65535", _between(1, 65535), 8080)
     greeting: str = check("a non-empty string", _nonempty, "Hello from an Erlang unikernel")
     acceptors: int = check("integer 1-1024", _between(1, 1024), 8)
@@ -128,7 +78,7 @@ class AppSettings:
     request_timeout_ms: int = check("integer 100-600000", _between(100, 600_000), 5000)
     idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 60000)
     max_body_bytes: int = check("integer 0-104857600", _between(0, 104_857_600), 65536)
-    scratch_dir: str = check("an absolute path without spaces", _abs_path, "/scratch")
+    scratch_dir: str = rule(rules.ABSOLUTE_PATH, "/scratch")
     storage: Literal["auto", "disc", "ram"] = "auto"
 
 
@@ -138,9 +88,7 @@ class ImageSettings:
 
     target: Literal["beam", "ling"] = "beam"
     memory_mb: int = check("integer 64-4096 (LING refuses domains over 4 GiB)", _between(64, 4096), 256)
-    extra_apps: tuple[str, ...] = check(
-        "a list of OTP application names", lambda v: all(_erlang_name(a) for a in v), ()
-    )
+    extra_apps: tuple[str, ...] = rule(rules.each(rules.APP_NAME), ())
 
 
 @dataclass(frozen=True)
@@ -148,11 +96,16 @@ class LingSettings:
     """Where the LING toolchain (OTP 17 + railing) lives: this machine or a build host over SSH."""
 
     toolchain: str = check('"local" or "ssh://user@host[:port]"', _toolchain, "local")
-    otp_bin: str = ""  # directory with OTP 17's erl/erlc/escript; "" = first on PATH
-    railing: str = check("a non-empty path or command name", _nonempty, "railing")
-    key_file: str = ""  # SSH private key for the build host; "" = ssh-agent / default keys
-    known_hosts: str = ""  # lists the build host's key; "" = ~/.ssh/known_hosts (unknown hosts are refused)
-    remote_dir: str = check("an absolute path", lambda v: v.startswith("/"), "/tmp/erlang-unikernel")
+    # directory with OTP 17's erl/erlc/escript; "" = first on PATH
+    otp_bin: str = rule(rules.optional(rules.LOCAL_PATH), "")
+    railing: str = check(
+        "a path or command name without control characters", rules.printable(4096), "railing"
+    )
+    # SSH private key for the build host; "" = ssh-agent / default keys
+    key_file: str = rule(rules.optional(rules.LOCAL_PATH), "")
+    # lists the build host's key; "" = ~/.ssh/known_hosts (unknown hosts are refused)
+    known_hosts: str = rule(rules.optional(rules.LOCAL_PATH), "")
+    remote_dir: str = rule(rules.ABSOLUTE_PATH, "/tmp/erlang-unikernel")
     connect_timeout_s: int = check("integer 1-300", _between(1, 300), 15)
     command_timeout_s: int = check("integer 10-7200", _between(10, 7200), 900)
 
@@ -162,31 +115,28 @@ class AwsSettings:
     """Which AWS to talk to: the embedded local one (moto) or a real account."""
 
     endpoint: Literal["local", "aws"] = "local"
-    region: str = check("an AWS region name like us-east-1", lambda v: v.count("-") >= 2, "us-east-1")
-    profile: str = ""  # AWS profile for endpoint = "aws"; "" = default credential chain
+    region: str = rule(rules.REGION, "us-east-1")
+    # AWS profile for endpoint = "aws"; "" = default credential chain
+    profile: str = rule(rules.optional(rules.PROFILE), "")
 
 
 @dataclass(frozen=True)
 class AmiSettings:
     """Publishing images as AMIs."""
 
-    regions: tuple[str, ...] = check(
-        "a list of AWS region names", lambda v: all(r.count("-") >= 2 for r in v), ()
-    )
-    share_with: tuple[str, ...] = check(
-        "a list of 12-digit AWS account ids", lambda v: all(map(_account_id, v)), ()
-    )
+    regions: tuple[str, ...] = rule(rules.each(rules.REGION), ())
+    share_with: tuple[str, ...] = rule(rules.each(rules.ACCOUNT_ID), ())
     deprecate_after_days: int = check("integer 0-3650 (0 = never)", _between(0, 3650), 0)
     keep: int = check("integer 1-100", _between(1, 100), 3)
     upload_workers: int = check("integer 1-64", _between(1, 64), 8)
-    kms_key_id: str = ""  # "" = EBS default encryption settings
+    kms_key_id: str = rule(rules.optional(rules.KMS_KEY), "")  # "" = EBS default encryption settings
 
 
 @dataclass(frozen=True)
 class DeploySettings:
     """The CloudFormation stack and the blue/green rollout."""
 
-    instance_type: str = check("an EC2 instance type like t3.micro", lambda v: "." in v, "t3.micro")
+    instance_type: str = rule(rules.INSTANCE_TYPE, "t3.micro")
     virtualization: Literal["auto", "hvm", "pv"] = "auto"  # auto: pv for ling, hvm for beam
     capacity: int = check("integer 1-100", _between(1, 100), 1)
     weight_steps: tuple[int, ...] = check(
@@ -201,16 +151,12 @@ class DeploySettings:
         lambda v: bool(v) and all(map(_cidr, v)),
         ("0.0.0.0/0",),
     )
-    vpc_id: str = ""  # "" = the stack makes its own small VPC
-    subnet_ids: tuple[str, ...] = ()
+    vpc_id: str = rule(rules.optional(rules.VPC_ID), "")  # "" = the stack makes its own small VPC
+    subnet_ids: tuple[str, ...] = rule(rules.each(rules.SUBNET_ID), ())
     scratch_size_gib: int = check("integer 1-16384", _between(1, 16384), 1)
-    certificate_arn: str = check(
-        'an ACM certificate ARN like "arn:aws:acm:REGION:ACCOUNT:certificate/ID", or "" for HTTP only',
-        _certificate_arn,
-        "",
-    )
+    certificate_arn: str = rule(rules.optional(rules.CERTIFICATE_ARN), "")  # "" = HTTP only
     https_port: int = check("integer 1-65535", _between(1, 65535), 443)  # with a certificate
-    access_logs_bucket: str = check('an S3 bucket name, or "" for no access logs', _bucket_name, "")
+    access_logs_bucket: str = rule(rules.optional(rules.BUCKET_NAME), "")  # "" = no access logs
 
 
 @dataclass(frozen=True)
@@ -248,6 +194,12 @@ class Settings:
     ami: AmiSettings
     deploy: DeploySettings
     local: LocalSettings
+    # "section.key" -> where its value came from ("pipeline.toml: env.dev.app.port", "--set app.port")
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, dotted: str) -> str:
+        """Where the value of ``section.key`` came from, for an error about it."""
+        return self.origins.get(dotted, f"{CONFIG_FILE}: {dotted}")
 
     @property
     def app_dir(self) -> Path:
@@ -275,13 +227,23 @@ class Settings:
 
 # -- loading -------------------------------------------------------------------------------------------
 
+BOM = b"\xef\xbb\xbf"
+FILE_HINT = "fix it in pipeline.toml (the shipped file documents every setting)"
+SET_HINT = "fix the --set value, or drop it to use pipeline.toml's"
+
 
 def find_root(start: Path | None = None) -> Path:
     """The nearest directory at or above ``start`` (default: cwd) that holds pipeline.toml."""
     here = (start or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / CONFIG_FILE).is_file():
+        path = candidate / CONFIG_FILE
+        if path.is_file():
             return candidate
+        if path.exists():
+            raise ConfigError(
+                f"{path}: is not a file (a directory or a device)",
+                hint="pipeline.toml must be a TOML file; move the directory away",
+            )
     raise ConfigError(
         f"{CONFIG_FILE}: not found in {here} or any parent directory",
         hint="run the task from the project checkout, or create pipeline.toml (see README)",
@@ -292,58 +254,102 @@ def load(
     root: Path | None = None,
     env: str | None = None,
     overrides: Iterable[str] = (),
+    flags: Mapping[str, str] | None = None,
 ) -> Settings:
     """Load ``pipeline.toml`` from ``root`` (default: found from cwd) for environment ``env``.
 
     ``env`` None means the file's ``default_env``. ``overrides`` are ``section.key=value`` strings
-    (value in TOML syntax, or a bare string) applied last. Raises :class:`ConfigError` with the exact
-    place of the first problem.
+    (value in TOML syntax, or a bare string) applied last, then ``flags``: a task's own flags, as
+    ``{"--keep": "ami.keep=3"}``, which errors name by the flag. Raises :class:`ConfigError` with the
+    exact place of the first problem.
     """
     root = find_root(root)
-    path = root / CONFIG_FILE
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(
-            f"{CONFIG_FILE}: not valid TOML: {err}", hint="fix the syntax at that line"
-        ) from err
-    except OSError as err:
-        raise ConfigError(f"{CONFIG_FILE}: cannot read: {err.strerror}") from err
-
-    src = CONFIG_FILE
+    raw = _read_toml(root / CONFIG_FILE)
+    src = f"{CONFIG_FILE}: "
     envs = raw.pop("env", {})
     default_env = raw.pop("default_env", "dev")
-    if not isinstance(default_env, str):
-        raise ConfigError(f"{src}: default_env: expected a string, got {_show(default_env)}")
     if not isinstance(envs, dict):
-        raise ConfigError(f"{src}: env: expected a table of environments like [env.dev]")
-    base = _check_layer(raw, prefix="", src=src)
+        raise ConfigError(
+            f"{src}env: expected a table of environments like [env.dev], got {show(envs)}",
+            hint="write each environment's settings as [env.NAME.SECTION] tables",
+        )
+    if not isinstance(default_env, str) or not rules.env_name(default_env):
+        raise bad_value(f"{src}default_env", rules.ENV_NAME.expect, default_env, rules.ENV_NAME.hint)
+    origins: dict[str, str] = {}
+    base = _check_layer(raw, prefix="", src=src, origins=origins)
     for name, layer in envs.items():
+        if not rules.env_name(name):
+            raise bad_value(f"{src}[env.{name}]", rules.ENV_NAME.expect, name, "rename the table")
         if not isinstance(layer, dict):
-            raise ConfigError(f"{src}: env.{name}: expected a table like [env.{name}.app]")
+            raise ConfigError(
+                f"{src}env.{name}: expected a table like [env.{name}.app], got {show(layer)}",
+                hint=f"write the settings of {name} as [env.{name}.SECTION] tables",
+            )
         _check_layer(layer, prefix=f"env.{name}.", src=src)
 
+    if env is not None and not rules.env_name(env):
+        raise bad_value("--env", rules.ENV_NAME.expect, env, "leave --env out for the default_env")
     chosen = env or default_env
     if chosen not in envs:
         known = ", ".join(sorted(envs)) or "none"
         raise ConfigError(
-            f'{src}: environment "{chosen}" is not defined',
+            f'{src}environment "{chosen}" is not defined',
             hint=f"defined environments: {known}; add [env.{chosen}] or pass --env",
         )
-    merged = _merge(base, _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src))
-    merged = _merge(merged, _parse_overrides(overrides))
-    return _build(merged, chosen, root)
+    merged = _merge(base, _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src, origins=origins))
+    merged = _merge(merged, _parse_overrides(overrides, origins))
+    for flag, item in (flags or {}).items():
+        merged = _merge(merged, _parse_overrides([item], origins, flag))
+    return _build(merged, chosen, root, origins)
 
 
-def _check_layer(layer: Mapping[str, Any], prefix: str, src: str) -> dict[str, dict[str, Any]]:
-    """Check one layer's section names, keys and value types; return it with lists made tuples."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(
+            f"{CONFIG_FILE}: cannot read: {err.strerror}", hint="check the file's permissions"
+        ) from err
+    if data.startswith(BOM):
+        raise ConfigError(
+            f"{CONFIG_FILE}: starts with a UTF-8 byte order mark (BOM), which TOML does not allow",
+            hint="save the file as UTF-8 without BOM",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{CONFIG_FILE}:{line}: not valid UTF-8 (byte {data[err.start]:#04x} at offset {err.start})",
+            hint="save the file as UTF-8; TOML files are UTF-8 text",
+        ) from err
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(
+            f"{CONFIG_FILE}: not valid TOML: {err}", hint="fix the syntax at that line"
+        ) from err
+
+
+def _check_layer(
+    layer: Mapping[str, Any], prefix: str, src: str, origins: dict[str, str] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Check one layer's section names, keys and value types; return it with lists made tuples.
+    ``src`` starts every error ("pipeline.toml: " or "--set "); ``origins`` learns where each
+    ``section.key`` came from."""
     out: dict[str, dict[str, Any]] = {}
+    fix = SET_HINT if src.startswith(SET) else FILE_HINT
     for section, values in layer.items():
-        where = f"{src}: {prefix}{section}"
+        where = f"{src}{prefix}{section}"
         if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section", hint=f"known sections: {', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"{where}: unknown section {show(section)}", hint=f"known sections: {', '.join(SECTIONS)}"
+            )
         if not isinstance(values, dict):
-            raise ConfigError(f"{where}: expected a table [{prefix}{section}]")
+            raise ConfigError(
+                f"{where}: expected a table [{prefix}{section}], got {show(values)}",
+                hint=f"write it as [{prefix}{section}] with key = value lines",
+            )
         fields = {f.name: f for f in dataclasses.fields(SECTIONS[section])}
         hints = typing.get_type_hints(SECTIONS[section])
         out[section] = {}
@@ -352,34 +358,42 @@ def _check_layer(layer: Mapping[str, Any], prefix: str, src: str) -> dict[str, d
                 raise ConfigError(
                     f"{where}.{key}: unknown key", hint=f"keys of [{section}]: {', '.join(sorted(fields))}"
                 )
-            out[section][key] = _check_value(f"{where}.{key}", value, hints[key], fields[key])
+            out[section][key] = _check_value(f"{where}.{key}", value, hints[key], fields[key], fix)
+            if origins is not None:
+                origins[f"{section}.{key}"] = f"{where}.{key}"
     return out
 
 
-def _check_value(where: str, value: Any, hint: Any, fld: dataclasses.Field[Any]) -> Any:
+def _check_value(where: str, value: Any, hint: Any, fld: dataclasses.Field[Any], fix: str) -> Any:
     expect = fld.metadata.get("expect")
     ok: Check | None = fld.metadata.get("ok")
+    tip = fld.metadata.get("hint") or _example(fld) or fix
     origin = typing.get_origin(hint)
     converted: Any
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(
-                f"{where}: expected one of {', '.join(map(_show, choices))}, got {_show(value)}"
-            )
+            raise bad_value(where, f"one of {', '.join(map(show, choices))}", value, _example(fld) or fix)
         return value
     if origin is tuple:
         item_type = typing.get_args(hint)[0]
         if not isinstance(value, list) or not all(_is_type(v, item_type) for v in value):
-            raise ConfigError(f"{where}: expected {expect or _type_name(hint)}, got {_show(value)}")
+            raise bad_value(where, expect or _type_name(hint), value, tip)
         converted = tuple(value)
     else:
         if not _is_type(value, hint):
-            raise ConfigError(f"{where}: expected {expect or _type_name(hint)}, got {_show(value)}")
+            raise bad_value(where, expect or _type_name(hint), value, tip)
         converted = value
     if ok is not None and not ok(converted):
-        raise ConfigError(f"{where}: expected {expect}, got {_show(value)}")
+        raise bad_value(where, expect or _type_name(hint), value, tip)
     return converted
+
+
+def _example(fld: dataclasses.Field[Any]) -> str | None:
+    """ "the default is X" for a field with a default worth showing."""
+    if fld.default is dataclasses.MISSING or fld.default in ("", ()):
+        return None
+    return f"the default is {show(fld.default)}"
 
 
 def _is_type(value: Any, tp: Any) -> bool:
@@ -398,19 +412,51 @@ def _type_name(tp: Any) -> str:
     return {int: "integer", str: "string", bool: "true or false"}.get(tp, str(tp))
 
 
-def _parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
+def _parse_overrides(
+    overrides: Iterable[str], origins: dict[str, str], flag: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """``--set`` items (or the one item of a task's ``flag``) as a checked layer."""
     layer: dict[str, dict[str, Any]] = {}
+    form = "write --set SECTION.KEY=VALUE, like --set app.greeting=Hi"
     for item in overrides:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            # The command line held bytes that are not UTF-8 (Python keeps them as surrogates).
+            raise ConfigError(
+                f"{SET} {show(item)}: not valid UTF-8", hint="pass the value as UTF-8 text"
+            ) from None
         dotted, sep, text = item.partition("=")
         section, dot, key = dotted.strip().partition(".")
-        if not sep or not dot or not key:
-            raise ConfigError(f"--set {item}: expected SECTION.KEY=VALUE, like app.greeting=Hi")
+        if not sep or not dot:
+            raise ConfigError(f"{SET} {show(item)}: expected SECTION.KEY=VALUE", hint=form)
+        if not section or not key:
+            raise ConfigError(
+                f"{SET} {show(item)}: {'the section' if not section else 'the key'} is missing",
+                hint=form,
+            )
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text  # a bare word is a string: --set app.greeting=Hi
         layer.setdefault(section, {})[key] = value
-    return _check_layer(layer, prefix="", src="--set")
+    if flag is not None:
+        return _check_flag(flag, layer, origins)
+    return _check_layer(layer, prefix="", src=f"{SET} ", origins=origins)
+
+
+def _check_flag(
+    flag: str, layer: dict[str, dict[str, Any]], origins: dict[str, str]
+) -> dict[str, dict[str, Any]]:
+    """A task flag's value, checked as the setting it stands for; errors say ``--flag (section.key)``."""
+    ((section, values),) = layer.items()
+    ((key, value),) = values.items()
+    cls = SECTIONS[section]
+    fld = {f.name: f for f in dataclasses.fields(cls)}[key]
+    where = f"{flag} ({section}.{key})"
+    origins[f"{section}.{key}"] = where
+    hint = f"fix {flag}, or leave it out for the setting's value"
+    return {section: {key: _check_value(where, value, typing.get_type_hints(cls)[key], fld, hint)}}
 
 
 def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -420,43 +466,11 @@ def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> d
     return out
 
 
-def _build(merged: dict[str, dict[str, Any]], env: str, root: Path) -> Settings:
+def _build(merged: dict[str, dict[str, Any]], env: str, root: Path, origins: dict[str, str]) -> Settings:
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
-    settings = Settings(env=env, root=root, **sections)
-    _check_combinations(settings)
+    settings = Settings(env=env, root=root, **sections, origins=origins)
+    rules.check_combinations(settings)
     return settings
-
-
-def _check_combinations(s: Settings) -> None:
-    """Rules that involve more than one field."""
-    src = CONFIG_FILE
-    if s.image.target == "ling" and s.deploy.virtualization == "hvm":
-        raise ConfigError(
-            f'{src}: deploy.virtualization: the ling target boots only as a Xen PV guest, got "hvm"',
-            hint='use "pv" or "auto" (and a PV instance type such as m3.medium) for ling',
-        )
-    if s.deploy.certificate_arn and s.deploy.https_port == s.deploy.listener_port:
-        raise ConfigError(
-            f"{src}: deploy.https_port and deploy.listener_port are both {s.deploy.listener_port}",
-            hint="with a certificate, HTTPS needs its own port (443) and the HTTP port (80) redirects to it",
-        )
-    if bool(s.deploy.vpc_id) != bool(s.deploy.subnet_ids):
-        raise ConfigError(
-            f"{src}: deploy.vpc_id and deploy.subnet_ids must be given together",
-            hint="leave both empty to let the stack make its own VPC",
-        )
-
-
-def _show(value: Any) -> str:
-    """A value as the user wrote it: strings quoted, everything else as TOML-ish JSON."""
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, tuple):
-        value = list(value)
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 def _plain(value: Any) -> Any:

@@ -91,7 +91,10 @@ def test_cli_overrides_win_and_parse_toml_values(tmp_path: Path) -> None:
             BASE + '[image]\ntarget = "ling"\n[deploy]\nvirtualization = "hvm"\n',
             "ling target boots only as a Xen PV",
         ),
-        (BASE + '[deploy]\nvpc_id = "vpc-1"\n', "deploy.vpc_id and deploy.subnet_ids must be given together"),
+        (
+            BASE + '[deploy]\nvpc_id = "vpc-12345678"\n',
+            "deploy.vpc_id and deploy.subnet_ids must be given together",
+        ),
     ],
 )
 def test_bad_values_name_the_place_and_value(tmp_path: Path, text: str, message: str) -> None:
@@ -112,7 +115,7 @@ def test_unknown_env_lists_the_known_ones(tmp_path: Path) -> None:
 
 def test_bad_override_is_reported_as_such(tmp_path: Path) -> None:
     root = write(tmp_path, BASE)
-    with pytest.raises(ConfigError, match=r"^--set: app.port: expected integer 1-65535, got \"x\""):
+    with pytest.raises(ConfigError, match=r"^--set app.port: expected integer 1-65535, got \"x\""):
         config.load(root, overrides=['app.port="x"'])
     with pytest.raises(ConfigError, match=r"expected SECTION\.KEY=VALUE"):
         config.load(root, overrides=["port=1"])

@@ -184,7 +184,7 @@ def test_invoke_gc_flags_are_checked(aws: LocalAws, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(aws.root)
     with pytest.raises(Exit, match='--keep: expected a whole number, got "three"'):
         tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="three")
-    with pytest.raises(Exit, match=r"pipeline.toml: ami.keep|--set: ami.keep: expected integer 1-100, got 0"):
+    with pytest.raises(Exit, match=r"--keep \(ami\.keep\): expected integer 1-100, got 0"):
         tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="0")
     with pytest.raises(Exit, match="--grace-minutes: expected 0 or more, got -5"):
         tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], grace_minutes="-5")

@@ -187,11 +187,11 @@ def runtime() -> Runtime:
     [
         (
             ARN.replace("us-east-1", "eu-west-1"),
-            "deploy.certificate_arn: the certificate is in eu-west-1, not in us-east-1 where the load "
+            "--set deploy.certificate_arn: the certificate is in eu-west-1, not in us-east-1 where the load "
             "balancer is (hint: ACM certificates serve only their own region: import or request one in "
             "us-east-1)",
         ),
-        (ARN, f"deploy.certificate_arn: no certificate {ARN} in us-east-1"),
+        (ARN, f"--set deploy.certificate_arn: no certificate {ARN} in us-east-1"),
     ],
 )
 def test_a_certificate_the_load_balancer_cannot_use_is_refused_before_any_change(

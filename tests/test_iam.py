@@ -194,7 +194,9 @@ def test_the_policy_covers_what_cloudformation_needs_for_every_variant_of_the_st
     doc = document()
     variants = [
         stack.params_for(settings()),
-        stack.params_for(settings("deploy.vpc_id=vpc-1", "deploy.subnet_ids=['s-1','s-2']")),
+        stack.params_for(
+            settings("deploy.vpc_id=vpc-11111111", "deploy.subnet_ids=['subnet-11111111','subnet-22222222']")
+        ),
     ]
     needed: dict[str, set[str]] = {}
     for p in variants:

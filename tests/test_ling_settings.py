@@ -46,7 +46,8 @@ def test_bad_toolchain_is_one_line_naming_the_field(tmp_path: Path, url: str) ->
     with pytest.raises(ConfigError) as err:
         load(tmp_path, f'ling.toolchain="{url}"')
     assert str(err.value) == (
-        f'--set: ling.toolchain: expected "local" or "ssh://user@host[:port]", got "{url}"'
+        f'--set ling.toolchain: expected "local" or "ssh://user@host[:port]", got "{url}" '
+        '(hint: the default is "local")'
     )
 
 

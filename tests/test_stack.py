@@ -354,5 +354,8 @@ def test_params_for_takes_the_environment_settings() -> None:
     assert (p.app, p.env, p.stack_name, p.app_port) == ("erlang_web", "prod", "erlang-web-prod", s.app.port)
     assert p.allowed_cidrs == ("198.51.100.0/24",)
     assert not p.existing_vpc
-    vpc = config.load(REPO, overrides=["deploy.vpc_id=vpc-1", "deploy.subnet_ids=['subnet-1','subnet-2']"])
+    vpc = config.load(
+        REPO,
+        overrides=["deploy.vpc_id=vpc-11111111", "deploy.subnet_ids=['subnet-11111111','subnet-22222222']"],
+    )
     assert stack.params_for(vpc).existing_vpc

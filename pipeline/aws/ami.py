@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline import ui
-from pipeline.aws import delta, provenance, pv
+from pipeline.aws import delta, preflight, provenance, pv
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
 from pipeline.aws.access import deprecation_time, ensure_access, ensure_deprecation
@@ -155,7 +155,12 @@ def publish(
     home = settings.aws.region
     virtualization = settings.virtualization
     if virtualization == "pv":
-        pv.check_instance_type(settings.deploy.instance_type, target=settings.image.target)
+        pv.check_instance_type(
+            settings.deploy.instance_type,
+            where=settings.where("deploy.instance_type"),
+            target=settings.image.target,
+        )
+    settings = preflight.for_ami(settings, clients)
     disk = select_disk(build, virtualization)
     ec2 = clients.ec2(home)
     manifest = build.manifest
@@ -362,7 +367,7 @@ def _copy_regions(
     ]:
         if region not in known:
             raise PipelineError(
-                f'pipeline.toml: {field_name}: unknown AWS region "{region}"',
+                f'{settings.where(field_name)}: unknown AWS region "{region}"',
                 hint=f"regions EC2 offers: {', '.join(sorted(known))}",
             )
     regions = [r for r in dict.fromkeys(settings.ami.regions) if r != settings.aws.region]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, https, logs, pv, rollout, stack
+from pipeline.aws import ami, cfn, https, logs, preflight, pv, rollout, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.params import Release, StackState
@@ -86,8 +86,12 @@ def deploy(
     """
     runtime = runtime or Runtime()
     pv.check_instance_type(
-        settings.deploy.instance_type, settings.virtualization, target=settings.image.target
+        settings.deploy.instance_type,
+        settings.virtualization,
+        settings.where("deploy.instance_type"),
+        target=settings.image.target,
     )
+    preflight.for_deploy(settings, clients)
     https.check(clients, settings)
     d = Deployment(settings, clients, runtime)
     info = d.read()
@@ -173,6 +177,7 @@ def _update_template(
     url = d.url()
     if dry_run:
         return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
+    d.preflight(0)  # the same checks as a release: a new listener port must be one this machine can take
     if not d.runtime.confirm(f"update the template of stack {d.name}?"):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
     d.apply(current, "template change (same release)")
@@ -218,6 +223,7 @@ def rollback(
     """Return the traffic to the previous release, which the idle colour keeps: scale it up, wait until
     it is healthy, move all the traffic to it, and scale the other colour down after the retention."""
     runtime = runtime or Runtime()
+    preflight.check_network(settings, clients)  # the rollback's stack update passes the network settings
     d = Deployment(settings, clients, runtime)
     info = d.read()
     if info is None:
@@ -307,7 +313,13 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
     d = Deployment(settings, clients, runtime)
     info = d.read()
     cfn.check_ready(info, d.name)
-    pv.check_instance_type(settings.deploy.instance_type, virtualization, target=settings.image.target)
+    pv.check_instance_type(
+        settings.deploy.instance_type,
+        virtualization,
+        settings.where("deploy.instance_type"),
+        target=settings.image.target,
+    )
+    preflight.for_deploy(settings, clients)
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         out.append(
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")

@@ -39,6 +39,7 @@ def check(
     without one, say once that the app is served over plain HTTP. Changes nothing."""
     arn = settings.deploy.certificate_arn
     region = settings.aws.region
+    where = settings.where(FIELD)
     if not arn:
         say(
             f"no {FIELD}: the load balancer serves plain HTTP on port {settings.deploy.listener_port} "
@@ -47,27 +48,27 @@ def check(
         return
     if region_of(arn) != region:
         raise ConfigError(
-            f"{FIELD}: the certificate is in {region_of(arn)}, not in {region} where the load balancer is",
+            f"{where}: the certificate is in {region_of(arn)}, not in {region} where the load balancer is",
             hint=f"ACM certificates serve only their own region: import or request one in {region}",
         )
     try:
         cert = clients.client("acm").describe_certificate(CertificateArn=arn)["Certificate"]
     except ClientError as err:
-        if error_code(err) not in ("ResourceNotFoundException", "ValidationException"):
+        if error_code(err) not in ("ResourceNotFoundException", "ValidationException", "InvalidArnException"):
             raise
         raise ConfigError(
-            f"{FIELD}: no certificate {arn} in {region}",
+            f"{where}: no certificate {arn} in {region}",
             hint=f"aws acm list-certificates --region {region} lists those there",
         ) from err
     status = str(cert.get("Status", "?"))
     if status != "ISSUED":
         raise ConfigError(
-            f"{FIELD}: certificate {arn} is {status}, not ISSUED",
+            f"{where}: certificate {arn} is {status}, not ISSUED",
             hint="finish its validation in ACM, or import a valid one",
         )
     expires = cert.get("NotAfter")
     if isinstance(expires, datetime) and expires <= now():
         raise ConfigError(
-            f"{FIELD}: certificate {arn} expired on {expires:%Y-%m-%d}",
+            f"{where}: certificate {arn} expired on {expires:%Y-%m-%d}",
             hint="renew it (or import a new one) and set its ARN",
         )

@@ -142,6 +142,11 @@ def _health_summary(targets: tuple[Target, ...]) -> str:
 
 # -- destroy ------------------------------------------------------------------------------------------------
 
+# States in which DeleteStack is taken at once: every state that is not a running operation, and a
+# creation (CloudFormation stops creating and deletes what it made) or an empty change-set stack. Any
+# other operation in progress is waited for first.
+DELETABLE_NOW = ("CREATE_IN_PROGRESS", "REVIEW_IN_PROGRESS")
+
 
 @dataclass(frozen=True)
 class Destroyed:
@@ -154,19 +159,15 @@ class Destroyed:
 def destroy(
     settings: Settings, clients: Clients, runtime: Runtime | None = None, dry_run: bool = False
 ) -> Destroyed:
-    """Delete the stack (after confirmation), then plan what gc could remove now that no stack uses
-    the images (``gc.plan``: reads only). The AMIs themselves are left for ``invoke gc``."""
+    """Delete the stack in whatever state it is (after confirmation; a running update or rollback is
+    waited for first), then plan what gc could remove now that no stack uses the images (``gc.plan``:
+    reads only). The AMIs themselves are left for ``invoke gc``."""
     runtime = runtime or Runtime()
     d = Deployment(settings, clients, runtime)
     info = d.read()
     if info is None:
         ui.say(f"stack {d.name} does not exist: nothing to delete")
         return Destroyed(d.name, False, gc.plan(clients, settings))
-    if info.status.endswith("_IN_PROGRESS") and info.status != "REVIEW_IN_PROGRESS":
-        raise DeployError(
-            f"stack {d.name} is {info.status}: it cannot be deleted while a change is running",
-            hint="wait until it finishes (invoke status), then run invoke destroy again",
-        )
     ui.say(f"stack {d.name} ({info.status}) and everything in it would be deleted: {d.url(info)}")
     if dry_run:
         return Destroyed(d.name, False, None)
@@ -174,6 +175,12 @@ def destroy(
         raise DeployError(
             "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
         )
+    if info.status not in DELETABLE_NOW and info.status.endswith("_IN_PROGRESS"):
+        # An update, a rollback or a delete is running: CloudFormation refuses a delete until it ends.
+        info = d.wait_stable()
+        if info is None:
+            ui.done(f"stack {d.name} deleted")
+            return Destroyed(d.name, True, gc.plan(clients, settings))
     events = d.events(info.stack_id)
     cfn.delete(d.cf, info.stack_id)
     cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")

@@ -59,6 +59,7 @@ class World:
 def read(account_id: str) -> World:
     """Everything the cloud needs, from every region that has been used (hold the request lock)."""
     from moto.autoscaling.models import autoscaling_backends
+    from moto.cloudformation.models import cloudformation_backends
     from moto.ec2.models import ec2_backends
     from moto.elbv2.models import elbv2_backends
 
@@ -89,10 +90,13 @@ def read(account_id: str) -> World:
                     images[instance.image_id] = dict(ec2.tags.get(instance.image_id) or {})
     groups: dict[str, TargetGroupView] = {}
     listeners: list[Listener] = []
+    orphans = _left_by_deleted_stacks(cloudformation_backends[account_id])
     for region, elb in list(elbv2_backends[account_id].items()):
         for tg in list(elb.target_groups.values()):
             groups[tg.arn] = _target_group(tg)
         for lb in list(elb.load_balancers.values()):
+            if lb.arn in orphans:
+                continue  # its stack is gone: nothing answers for it any more
             for listener in list(lb.listeners.values()):
                 protocol = str(listener.protocol).upper()
                 if protocol == "HTTP":
@@ -113,6 +117,30 @@ def _tls(account_id: str, region: str, listener: Any) -> Tls:
     if bundle is None:
         return Tls(arn, policy, b"", b"")
     return Tls(arn, policy, bytes(bundle.cert), bytes(bundle.key))
+
+
+def _left_by_deleted_stacks(stacks_by_region: Mapping[str, Any]) -> set[str]:
+    """Physical ids of resources that a deleted stack made and no live stack has: what a delete that
+    failed half-way left behind. On AWS a load balancer whose stack is deleted is gone with it; the local
+    load balancer must stop serving its listener too, or its port stays taken by a stack that is gone."""
+    live: set[str] = set()
+    gone: set[str] = set()
+    for cf in list(stacks_by_region.values()):
+        for stack in [*cf.stacks.values(), *cf.deleted_stacks.values()]:
+            ids = _physical_ids(stack)
+            (gone if stack.status == "DELETE_COMPLETE" else live).update(ids)
+    return gone - live
+
+
+def _physical_ids(stack: Any) -> set[str]:
+    # The resources the stack has made (moto's resource map makes a resource when it is first looked
+    # up, so only the ones already made are read).
+    made = getattr(stack.resource_map, "_parsed_resources", {})
+    return {
+        r.physical_resource_id
+        for r in list(made.values())
+        if isinstance(getattr(r, "physical_resource_id", None), str)
+    }
 
 
 def _scratch_gib(group: Any) -> int:
