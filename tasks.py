@@ -572,7 +572,10 @@ def logs(
     with failures():
         color = next((c for c in COLORS if c == colour), None)
         if colour is not None and color is None:
-            raise ConfigError(f'--colour: expected "blue" or "green", got "{colour}"')
+            raise ConfigError(
+                f'--colour: expected "blue" or "green", got "{colour}"',
+                hint="leave --colour out for the live colour (both while the traffic is split)",
+            )
         if colour is not None and instance is not None:
             raise ConfigError("--colour and --instance: give one of them", hint="an instance has one colour")
         lines = _whole("tail", tail)

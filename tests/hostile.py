@@ -137,6 +137,7 @@ def init_script(v: Values) -> str:
         "boot_label": "beam-boot",
         "scratch_label": "scratch",
         "mke2fs": "/usr/sbin/mke2fs",
+        "console_config": "/etc/erlang/console",
         "erlang": {"root": "/erlang", "erts_version": "13.1.5", "release_version": "1.0.0"},
     }
     return render.render(TEMPLATES, "init.sh.j2", context)

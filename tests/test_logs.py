@@ -313,8 +313,11 @@ def test_bad_flags_are_one_line_before_any_aws_call(tmp_path: Path) -> None:
 
     root = copy_project(tmp_path / "proj")
     for args, line in [
-        (["--colour", "purple"], 'error: --colour: expected "blue" or "green", got "purple"'),
-        (["--tail", "ten"], 'error: --tail: expected a whole number, got "ten"'),
+        (
+            ["--colour", "purple"],
+            'error: --colour: expected "blue" or "green", got "purple" (hint: leave --colour out for the '
+            "live colour (both while the traffic is split))",
+        ),
         (
             ["--colour", "blue", "--instance", "i-0abc"],
             "error: --colour and --instance: give one of them (hint: an instance has one colour)",
@@ -322,6 +325,9 @@ def test_bad_flags_are_one_line_before_any_aws_call(tmp_path: Path) -> None:
     ]:
         out = invoke(root, "logs", *args)
         assert (out.returncode, out.stderr.strip(), out.stdout) == (1, line, "")
+    out = invoke(root, "logs", "--tail", "ten")
+    assert (out.returncode, out.stdout) == (1, "")
+    assert out.stderr.startswith('error: --tail: expected a whole number, got "ten" (hint: ')
 
 
 # -- the app's own lines --------------------------------------------------------------------------------
