@@ -19,11 +19,11 @@ loop(LSock) ->
         {ok, Sock} ->
             hand_off(Sock),
             ?MODULE:loop(LSock);
-        {error, emfile} ->
-            %% Out of file descriptors: accepting again at once would spin. Existing connections
-            %% free descriptors as they close; wait a little.
-            error_logger:warning_msg("erlang_web: accept: out of file descriptors (emfile); "
-                                     "retrying in ~b ms~n", [?EMFILE_BACKOFF_MS]),
+        {error, Limit} when Limit =:= emfile; Limit =:= enfile; Limit =:= system_limit ->
+            %% Out of file descriptors (or VM ports): accepting again at once would spin.
+            %% Connections free descriptors as they close; wait a little. Counted, and logged at
+            %% a bounded rate by erlang_web_events, not once per accept.
+            ok = erlang_web_events:count(emfile),
             receive after ?EMFILE_BACKOFF_MS -> ok end,
             ?MODULE:loop(LSock);
         {error, closed} ->
@@ -37,6 +37,9 @@ loop(LSock) ->
 hand_off(Sock) ->
     case erlang_web_conns:start_connection() of
         {ok, Pid} ->
+            %% LING gives an accepted socket default options, not the listen socket's
+            %% (cloudozer/ling core/ol_tcp_acc.c), so Nagle's algorithm is turned off here too.
+            _ = inet:setopts(Sock, [{nodelay, true}]),
             case gen_tcp:controlling_process(Sock, Pid) of
                 ok ->
                     Pid ! {?MODULE, socket, Sock},
@@ -47,5 +50,6 @@ hand_off(Sock) ->
                     ok
             end;
         {error, overloaded} ->
+            ok = erlang_web_events:count(no_answer),
             gen_tcp:close(Sock)
     end.
