@@ -8,9 +8,16 @@
 -define(EMFILE_BACKOFF_MS, 100).
 
 %% @doc Start an acceptor on a listen socket, linked to the caller (the acceptor supervisor).
+%%
+%% Acceptors run at high priority. Under load, thousands of connection processes are runnable;
+%% at normal priority an acceptor would wait its turn behind all of them for each accept, the
+%% kernel's accept queue would fill, and new connections (the load balancer's health check among
+%% them) would have their SYNs dropped and wait seconds for retransmits before anyone answered
+%% them, even with a 503. An acceptor blocks in accept when the queue is empty, so it takes CPU
+%% only in proportion to new connections.
 -spec start_link(inet:socket()) -> {ok, pid()}.
 start_link(LSock) ->
-    {ok, proc_lib:spawn_link(?MODULE, loop, [LSock])}.
+    {ok, proc_lib:spawn_opt(?MODULE, loop, [LSock], [link, {priority, high}])}.
 
 %% @doc Accept forever. Recursion goes through ?MODULE so a code upgrade takes effect.
 -spec loop(inet:socket()) -> no_return().

@@ -104,9 +104,16 @@ opts() ->
           max_line = erlang_web_config:get(max_line)}.
 
 %% @doc Start a connection process linked to the caller; it waits for its socket.
+%%
+%% One answered over the limit runs at high priority, as the acceptors do: its work is small and
+%% bounded (read one line, send one short answer), and it is what the load balancer's health
+%% check waits for when the instance is full; at normal priority it would wait behind every busy
+%% connection.
 -spec start_link(mode(), opts()) -> {ok, pid()}.
-start_link(Mode, Opts) ->
-    {ok, proc_lib:spawn_link(?MODULE, init, [Mode, Opts])}.
+start_link(serve, Opts) ->
+    {ok, proc_lib:spawn_link(?MODULE, init, [serve, Opts])};
+start_link(reject, Opts) ->
+    {ok, proc_lib:spawn_opt(?MODULE, init, [reject, Opts], [link, {priority, high}])}.
 
 %% @doc Ask a connection to close once it has no request in progress.
 -spec drain(pid()) -> ok.

@@ -8,8 +8,9 @@
 %% the health check's path. The alternative, leaving it in the kernel's backlog until a slot
 %% frees up, makes the client (or the load balancer) wait for a timeout, and fails the health
 %% check of an instance that is only busy. The answering processes are bounded too: beyond
-%% another max_connections of them (at least ?MIN_ANSWERING), new connections are closed without
-%% an answer.
+%% twice max_connections of them (at least ?MIN_ANSWERING), new connections are closed without
+%% an answer. (Twice: under a flood, about one per client over the limit is waiting for its
+%% client to close after the answer, and the health check must still find one free.)
 %%
 %% Both bounds also stay under the VM's open-files limit (each socket is a descriptor): running
 %% out of descriptors would leave new connections waiting in the backlog instead. Serving
@@ -79,18 +80,21 @@ drain(Timeout) ->
 -spec init([]) -> {ok, #state{}}.
 init([]) ->
     process_flag(trap_exit, true),
+    %% Each accept waits for this process (start_connection/0): it runs at the acceptors'
+    %% priority (see erlang_web_acceptor), and does little per call.
+    process_flag(priority, high),
     Max = erlang_web_config:get(max_connections),
     Sockets = case max_fds() of
                   infinity -> infinity;
                   Fds -> erlang:max(0, Fds - ?FD_OTHER)
               end,
-    Needed = 2 * Max + ?FD_OTHER,
+    Needed = 3 * Max + ?FD_OTHER,
     _ = case Sockets of
             N when is_integer(N), N + ?FD_OTHER < Needed ->
                 error_logger:warning_msg(
                   "erlang_web: the open-files limit (~b) is below what max_connections ~b "
-                  "needs (~b: as many answered 503, and ~b more); connections beyond ~b get no "
-                  "answer. Raise the limit (ulimit -n) to at least ~b.~n",
+                  "needs (~b: twice as many answered 503, and ~b more); connections beyond ~b "
+                  "get no answer. Raise the limit (ulimit -n) to at least ~b.~n",
                   [N + ?FD_OTHER, Max, Needed, ?FD_OTHER, N, Needed]);
             _ -> ok
         end,
@@ -111,7 +115,7 @@ handle_call(start_connection, _From,
     %% (an integer compares less than the atom infinity)
     if
         S < Max, Open < Serve -> start(serve, State);
-        R < Max orelse R < ?MIN_ANSWERING, Open < Sockets -> start(reject, State);
+        R < 2 * Max orelse R < ?MIN_ANSWERING, Open < Sockets -> start(reject, State);
         true -> {reply, {error, overloaded}, State}
     end;
 handle_call(count, _From, #state{serving = S} = State) ->
