@@ -129,7 +129,9 @@ class ImageSettings:
     )
     # The init script's `ulimit -n` before it starts the VM (PID 1 starts with a soft limit of 1024).
     # 65536 is the Erlang VM's default port limit: each socket or file is a port and a descriptor.
-    max_open_files: int = check("integer 1024-1048576 (the kernel's nr_open)", _between(1024, 1_048_576), 65536)
+    max_open_files: int = check(
+        "integer 1024-1048576 (the kernel's nr_open)", _between(1024, 1_048_576), 65536
+    )
 
 
 @dataclass(frozen=True)

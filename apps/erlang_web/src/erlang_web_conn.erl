@@ -12,7 +12,11 @@
 %% tuples while in `{active, once}', and answers recv on a socket that is not passive with einval
 %% (the TCP_REQ_RECV branch of ol_tcp_control). The request line and headers are parsed here, from
 %% the bytes read, by the VM's own HTTP parser (erlang_web_http:parse/3, erlang:decode_packet/3),
-%% which also lets pipelined requests and bodies share one buffer.
+%% which also lets pipelined requests and bodies share one buffer. One gap remains on LING: a
+%% peer's close that arrives while the socket is passive (between two deliveries, i.e. while a
+%% request is being answered) is kept for a later recv only (peer_close_detected), not delivered
+%% when {active, once} is armed again; such a connection ends at its idle_timeout (or, after an
+%% answer with `Connection: close', at the end of the linger) instead of at once.
 %%
 %% Limits the app keeps itself, as LING gives accepted sockets default options (core/ol_tcp_acc.c,
 %% core/ol_inet.c: packet_size, send_timeout and send_timeout_close are not inherited):
