@@ -36,20 +36,14 @@
 -spec parse(http_bin | httph_bin, binary(), pos_integer()) ->
           {ok, term(), binary()} | more | too_long | {error, term()}.
 parse(Type, Buf, MaxLine) ->
-    %% Without a line end there is nothing to parse yet; looking for one is cheaper than running
-    %% the parser over a growing buffer each time a few more bytes arrive.
-    case binary:match(Buf, <<"\n">>) of
-        nomatch when byte_size(Buf) >= MaxLine -> too_long;
-        nomatch -> more;
-        _ ->
-            case erlang:decode_packet(Type, Buf, []) of
-                {ok, _, Rest} when byte_size(Buf) - byte_size(Rest) > MaxLine -> too_long;
-                {ok, Packet, Rest} -> {ok, Packet, Rest};
-                %% A header line is complete only when the next byte shows it is not folded.
-                {more, _} when byte_size(Buf) > MaxLine -> too_long;
-                {more, _} -> more;
-                {error, Reason} -> {error, Reason}
-            end
+    case erlang:decode_packet(Type, Buf, []) of
+        {ok, _, Rest} when byte_size(Buf) - byte_size(Rest) > MaxLine -> too_long;
+        {ok, Packet, Rest} -> {ok, Packet, Rest};
+        %% Whatever the rest of the line is, it makes the line longer than MaxLine. (A complete
+        %% header line also waits for the next byte, which shows whether it is folded.)
+        {more, _} when byte_size(Buf) > MaxLine -> too_long;
+        {more, _} -> more;
+        {error, Reason} -> {error, Reason}
     end.
 
 %% @doc Whether the bytes of an unparsed request line start a HEAD request (for the error answer

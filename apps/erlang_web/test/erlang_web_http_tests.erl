@@ -97,8 +97,10 @@ parse_test_() ->
      ?_assertMatch({ok, {http_request, 'GET', _, {1, 1}}, <<>>}, P(http_bin, Line(32))),
      ?_assertEqual(too_long, P(http_bin, Line(33))),
      %% too long before the line is complete: no need to wait for the rest
-     ?_assertEqual(too_long, P(http_bin, binary:copy(<<"a">>, 32))),
-     ?_assertEqual(more, P(http_bin, binary:copy(<<"a">>, 31))),
+     ?_assertEqual(too_long, P(http_bin, binary:copy(<<"a">>, 33))),
+     ?_assertEqual(more, P(http_bin, binary:copy(<<"a">>, 32))),
+     %% a header line of exactly 32 bytes waiting for the byte that shows it is not folded
+     ?_assertEqual(more, P(httph_bin, <<"X: ", (binary:copy(<<"b">>, 27))/binary, "\r\n">>)),
      ?_assertMatch({ok, {http_error, _}, _}, P(http_bin, <<"NONSENSE\r\n\r\n">>)),
      ?_assertEqual({ok, {http_error, <<"\r\n">>}, <<"GET">>}, P(http_bin, <<"\r\nGET">>)),
      %% a header line is complete once the next byte shows it is not folded
