@@ -65,8 +65,11 @@ init([]) ->
     %% options) as on LING (which copies only packet and binary, core/ol_tcp_acc.c): the
     %% connection reads them in that one mode (see erlang_web_conn). No packet_size or
     %% send_timeout here: LING would not apply them, so the connection keeps those limits itself.
+    %% backlog: a burst of new connections waits in the kernel's queue instead of having its
+    %% SYNs dropped (then retried after 1 s, 3 s, ...); Linux caps it at net.core.somaxconn,
+    %% 4096 by default since 5.4.
     Opts = [binary, {packet, raw}, {active, false}, {reuseaddr, true},
-            {backlog, 1024}, {nodelay, true}],
+            {backlog, 4096}, {nodelay, true}],
     case gen_tcp:listen(Port, Opts) of
         {ok, LSock} ->
             {ok, Actual} = inet:port(LSock),
