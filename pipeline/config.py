@@ -76,7 +76,7 @@ class AppSettings:
     acceptors: int = check("integer 1-1024", _between(1, 1024), 8)
     max_connections: int = check("integer 1-1000000", _between(1, 1_000_000), 1024)
     request_timeout_ms: int = check("integer 100-600000", _between(100, 600_000), 5000)
-    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 60000)
+    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 75000)
     max_body_bytes: int = check("integer 0-104857600", _between(0, 104_857_600), 65536)
     scratch_dir: str = rule(rules.ABSOLUTE_PATH, "/scratch")
     storage: Literal["auto", "disc", "ram"] = "auto"
@@ -89,6 +89,11 @@ class ImageSettings:
     target: Literal["beam", "ling"] = "beam"
     memory_mb: int = check("integer 64-4096 (LING refuses domains over 4 GiB)", _between(64, 4096), 256)
     extra_apps: tuple[str, ...] = rule(rules.each(rules.APP_NAME), ())
+    # The init script's `ulimit -n` before it starts the VM (PID 1 starts with a soft limit of 1024).
+    # 65536 is the Erlang VM's default port limit: each socket or file is a port and a descriptor.
+    max_open_files: int = check(
+        "integer 1024-1048576 (the kernel's nr_open)", _between(1024, 1_048_576), 65536
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -91,6 +92,9 @@ class ErlangWebNode:
         self.port = int(str(self.env["port"]))
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "node.log"
+        # The node's open-files limit (soft and hard), e.g. what an image's init process has; None:
+        # this process's own.
+        self.max_open_files: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, wait: str | None = "healthy", timeout: float = 30) -> ErlangWebNode:
@@ -108,7 +112,9 @@ class ErlangWebNode:
         argv = ["erl", "-noshell", "-noinput", "-pa", str(self.app.ebin), "-config", str(config)]
         argv += ["-eval", start]
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits
+            )
         if wait == "healthy":
             wait_for(
                 lambda: self._health_is(200), timeout, f"erlang_web healthy on {self.port}\n{self.log()}"
@@ -118,6 +124,11 @@ class ErlangWebNode:
                 lambda: self._health_is(None), timeout, f"erlang_web listening on {self.port}\n{self.log()}"
             )
         return self
+
+    def _limits(self) -> None:
+        if self.max_open_files is not None:
+            limit = self.max_open_files
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     def stop(self, timeout: float = 20) -> int:
         """SIGTERM the node (graceful: applications stop in order), SIGKILL after ``timeout``."""
@@ -188,3 +199,51 @@ def running(app: CompiledApp, workdir: Path, **app_env: object) -> Iterator[Erla
             node.stop()
         finally:
             node.kill()
+
+
+# -- raw HTTP over a socket (what http.client hides: pipelining, closes, malformed requests) -------
+
+
+def connect(node: ErlangWebNode, timeout: float = 5) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", node.port), timeout=timeout)
+
+
+def read_response(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """Read exactly one response from a raw socket, and not a byte more.
+
+    The head is read byte by byte and the body by its Content-Length, so a response that arrived in
+    the same segment as the previous one (pipelining) is left in the socket for the next call; a
+    buffered reader would swallow it.
+    """
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        if not byte:
+            raise ConnectionError(f"connection closed after {head!r}")
+        head += byte
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        if line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
+    body = b""
+    while len(body) < length:
+        chunk = sock.recv(length - len(body))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(body)} of {length} body bytes")
+        body += chunk
+    return int(status_line.split()[1]), headers, body
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_of(raw: bytes) -> int:
+    assert raw.startswith(b"HTTP/1.1 "), raw[:80]
+    return int(raw[9:12])

@@ -104,7 +104,7 @@ def _base(v: Values) -> dict[str, Any]:
             scratch_dir=v.scratch_dir,
             storage="auto",
         ),
-        "image": SimpleNamespace(target="beam", memory_mb=256, extra_apps=()),
+        "image": SimpleNamespace(target="beam", memory_mb=256, extra_apps=(), max_open_files=65536),
         "build": {
             "id": v.build_id,
             "env": v.env,

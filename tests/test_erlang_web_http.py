@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from pipeline.erlang import CompiledApp
-from tests.erlnode import Atom, Chars, ErlangWebNode, running, wait_for
+from tests.erlnode import (
+    Atom,
+    Chars,
+    ErlangWebNode,
+    connect,
+    read_response,
+    read_until_closed,
+    running,
+    status_of,
+    wait_for,
+)
 
 GREETING = "Grüße aus Erlang ✓\n"
 BUILD = {"build_id": "b-1234", "config_digest": "sha256:abcd", "image_target": "beam", "env": "test"}
@@ -24,51 +34,6 @@ def node(erlang_web_app: CompiledApp, tmp_path_factory: pytest.TempPathFactory) 
     env = {"greeting": GREETING, "max_body": 1024, "request_timeout": 1500, "idle_timeout": 2000, **BUILD}
     with running(erlang_web_app, workdir, **env) as n:
         yield n
-
-
-def connect(node: ErlangWebNode, timeout: float = 5) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", node.port), timeout=timeout)
-
-
-def read_response(sock: socket.socket, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """Read exactly one response from a raw socket, and not a byte more.
-
-    The head is read byte by byte and the body by its Content-Length, so a response that arrived in
-    the same segment as the previous one (pipelining) is left in the socket for the next call; a
-    buffered reader would swallow it.
-    """
-    head = b""
-    while not head.endswith(b"\r\n\r\n"):
-        byte = sock.recv(1)
-        if not byte:
-            raise ConnectionError(f"connection closed after {head!r}")
-        head += byte
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        if line:
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-    length = 0 if method == "HEAD" else int(headers.get("content-length", "0"))
-    body = b""
-    while len(body) < length:
-        chunk = sock.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(body)} of {length} body bytes")
-        body += chunk
-    return int(status_line.split()[1]), headers, body
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def status_of(raw: bytes) -> int:
-    assert raw.startswith(b"HTTP/1.1 "), raw[:80]
-    return int(raw[9:12])
 
 
 def test_the_compiled_app_has_no_nifs_and_lists_its_runtime_dependencies(erlang_web_app: CompiledApp) -> None:
@@ -435,7 +400,8 @@ def test_sigterm_lets_a_request_in_progress_finish(erlang_web_node: Start) -> No
             try:
                 socket.create_connection(("127.0.0.1", n.port), timeout=1).close()
                 return None
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # (reset: this probe's handshake was under way as the listen socket closed)
                 return True
 
         wait_for(refused, 10, "the listener to close")  # draining has begun

@@ -13,7 +13,8 @@
 -export_type([key/0]).
 
 -type key() :: port | greeting | acceptors | max_connections | request_timeout | idle_timeout
-             | max_body | scratch_dir | storage | build_id | config_digest | image_target | env.
+             | send_timeout | max_body | max_line | log_interval | scratch_dir | storage | build_id
+             | config_digest | image_target | env.
 
 -define(APP, erlang_web).
 
@@ -25,8 +26,14 @@ defaults() ->
      {acceptors, 8},                              %% processes blocked in accept/1
      {max_connections, 1024},                     %% beyond this, new connections get 503
      {request_timeout, 5000},                     %% ms for a whole request to arrive
-     {idle_timeout, 60000},                       %% ms a keep-alive connection may wait idle
+     %% ms a keep-alive connection may wait idle. Longer than the load balancer's own idle
+     %% timeout (an ALB's is 60 s by default), so that the balancer, not this server, closes an
+     %% idle connection: else it may send a request on a connection this end is closing (502).
+     {idle_timeout, 75000},
+     {send_timeout, 10000},                       %% ms a response may take to be sent
      {max_body, 65536},                           %% bytes; larger request bodies get 413
+     {max_line, 8192},                            %% bytes in a request line (414) or header (431)
+     {log_interval, 10000},                       %% ms between reports of errors counted
      {scratch_dir, "/scratch"},                   %% mnesia's directory when storage is on disc
      {storage, auto},                             %% auto | disc | ram (see erlang_web_storage)
      {build_id, <<"unknown">>},                   %% the rest are baked in at build time and
@@ -76,6 +83,10 @@ check(acceptors, N) -> pos_int(N);
 check(max_connections, N) -> pos_int(N);
 check(request_timeout, N) -> pos_int(N);
 check(idle_timeout, N) -> pos_int(N);
+check(send_timeout, N) -> pos_int(N);
+check(log_interval, N) -> pos_int(N);
+check(max_line, N) when is_integer(N), N >= 64 -> {ok, N};
+check(max_line, _) -> {error, "an integer of at least 64 (bytes)"};
 check(max_body, N) when is_integer(N), N >= 0 -> {ok, N};
 check(max_body, _) -> {error, "a non-negative integer (bytes)"};
 check(scratch_dir, D) when is_binary(D), D =/= <<>> -> check(scratch_dir, binary_to_list(D));

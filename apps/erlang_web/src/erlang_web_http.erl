@@ -1,9 +1,12 @@
 %% @doc Pure HTTP/1.x helpers: what the connection process needs besides the socket.
 %%
-%% Request lines and headers are parsed by the VM's own HTTP packet parser (the socket runs in
-%% `{packet, http_bin}' mode); these functions interpret what it returns and build responses.
+%% Request lines and headers are parsed by the VM's own HTTP packet parser (erlang:decode_packet/3
+%% on the bytes the connection has read, see parse/3); these functions interpret what it returns
+%% and build responses.
 -module(erlang_web_http).
 
+-export([parse/3]).
+-export([head_request/1]).
 -export([method/1]).
 -export([target_path/1]).
 -export([content_length/1]).
@@ -24,6 +27,30 @@
 %% What the response says about the connection: nothing (HTTP/1.1 default, persistent),
 %% `Connection: keep-alive' (an HTTP/1.0 client asked for it), or `Connection: close'.
 -type connection() :: default | keep_alive | close.
+
+%% @doc The request line (Type `http_bin') or header line (`httph_bin') at the start of Buf, as
+%% the VM's HTTP packet parser reads it, and the bytes after it. `more': no complete line yet.
+%% `too_long': the line, its end included, is or will be longer than MaxLine bytes. The length is
+%% checked here rather than by the socket option packet_size, which LING does not apply to
+%% accepted sockets (cloudozer/ling core/ol_tcp_acc.c gives them default options only).
+-spec parse(http_bin | httph_bin, binary(), pos_integer()) ->
+          {ok, term(), binary()} | more | too_long | {error, term()}.
+parse(Type, Buf, MaxLine) ->
+    case erlang:decode_packet(Type, Buf, []) of
+        {ok, _, Rest} when byte_size(Buf) - byte_size(Rest) > MaxLine -> too_long;
+        {ok, Packet, Rest} -> {ok, Packet, Rest};
+        %% Whatever the rest of the line is, it makes the line longer than MaxLine. (A complete
+        %% header line also waits for the next byte, which shows whether it is folded.)
+        {more, _} when byte_size(Buf) > MaxLine -> too_long;
+        {more, _} -> more;
+        {error, Reason} -> {error, Reason}
+    end.
+
+%% @doc Whether the bytes of an unparsed request line start a HEAD request (for the error answer
+%% to a request line too long to parse: a response to HEAD has no body).
+-spec head_request(binary()) -> boolean().
+head_request(<<"HEAD ", _/binary>>) -> true;
+head_request(_) -> false.
 
 %% @doc The method as the packet parser returns it (atoms for the well-known ones).
 -spec method(atom() | binary()) -> method().
@@ -120,6 +147,8 @@ reason(404) -> <<"Not Found">>;
 reason(405) -> <<"Method Not Allowed">>;
 reason(408) -> <<"Request Timeout">>;
 reason(413) -> <<"Payload Too Large">>;
+reason(414) -> <<"URI Too Long">>;
+reason(431) -> <<"Request Header Fields Too Large">>;
 reason(500) -> <<"Internal Server Error">>;
 reason(503) -> <<"Service Unavailable">>;
 reason(505) -> <<"HTTP Version Not Supported">>;

@@ -61,12 +61,15 @@ init([]) ->
     process_flag(trap_exit, true),
     ok = erlang_web_status:set(listener, starting),
     Port = erlang_web_config:get(port),
-    RequestTimeout = erlang_web_config:get(request_timeout),
-    %% Accepted sockets inherit these options. packet_size bounds a request or header line;
-    %% send_timeout keeps a client that does not read from holding a process forever.
-    Opts = [binary, {packet, http_bin}, {active, false}, {reuseaddr, true},
-            {backlog, 1024}, {nodelay, true}, {packet_size, 8192},
-            {send_timeout, RequestTimeout}, {send_timeout_close, true}],
+    %% Accepted sockets start binary, raw and passive, on OTP (which copies the listen socket's
+    %% options) as on LING (which copies only packet and binary, core/ol_tcp_acc.c): the
+    %% connection reads them in that one mode (see erlang_web_conn). No packet_size or
+    %% send_timeout here: LING would not apply them, so the connection keeps those limits itself.
+    %% backlog: a burst of new connections waits in the kernel's queue instead of having its
+    %% SYNs dropped (then retried after 1 s, 3 s, ...); Linux caps it at net.core.somaxconn,
+    %% 4096 by default since 5.4.
+    Opts = [binary, {packet, raw}, {active, false}, {reuseaddr, true},
+            {backlog, 4096}, {nodelay, true}],
     case gen_tcp:listen(Port, Opts) of
         {ok, LSock} ->
             {ok, Actual} = inet:port(LSock),

@@ -3,7 +3,8 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -define(KEYS, [port, greeting, acceptors, max_connections, request_timeout, idle_timeout,
-               max_body, scratch_dir, storage, build_id, config_digest, image_target, env]).
+               send_timeout, max_body, max_line, log_interval, scratch_dir, storage, build_id,
+               config_digest, image_target, env]).
 
 with_env(Pairs, Fun) ->
     _ = application:load(erlang_web),
@@ -29,8 +30,13 @@ defaults_test() ->
         ?assertEqual(8, erlang_web_config:get(acceptors)),
         ?assertEqual(1024, erlang_web_config:get(max_connections)),
         ?assertEqual(5000, erlang_web_config:get(request_timeout)),
-        ?assertEqual(60000, erlang_web_config:get(idle_timeout)),
+        %% longer than an AWS ALB's default idle timeout of 60 s
+        ?assertEqual(75000, erlang_web_config:get(idle_timeout)),
+        ?assertEqual(10000, erlang_web_config:get(send_timeout)),
         ?assertEqual(65536, erlang_web_config:get(max_body)),
+        %% RFC 9112 3: a server should support request lines of at least 8000 octets
+        ?assertEqual(8192, erlang_web_config:get(max_line)),
+        ?assertEqual(10000, erlang_web_config:get(log_interval)),
         ?assertEqual("/scratch", erlang_web_config:get(scratch_dir)),
         ?assertEqual(auto, erlang_web_config:get(storage)),
         ?assertEqual(<<"unknown">>, erlang_web_config:get(build_id)),
@@ -54,6 +60,7 @@ env_overrides_default_test() ->
 bad_values_test_() ->
     Bad = [{port, 70000}, {port, "8080"}, {acceptors, 0}, {max_connections, -1},
            {request_timeout, infinity}, {idle_timeout, 1.5}, {max_body, -1},
+           {send_timeout, 0}, {max_line, 63}, {max_line, "8k"}, {log_interval, -5},
            {scratch_dir, ""}, {scratch_dir, 42}, {storage, tmpfs}, {greeting, <<255, 254>>},
            {build_id, 7}],
     [{lists:flatten(io_lib:format("~p = ~p", [K, V])),

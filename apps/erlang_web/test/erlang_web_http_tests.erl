@@ -81,4 +81,38 @@ trim_test_() ->
 
 reason_test_() ->
     [?_assertEqual(<<"Payload Too Large">>, erlang_web_http:reason(413)),
+     ?_assertEqual(<<"URI Too Long">>, erlang_web_http:reason(414)),
+     ?_assertEqual(<<"Request Header Fields Too Large">>, erlang_web_http:reason(431)),
      ?_assertEqual(<<"Service Unavailable">>, erlang_web_http:reason(503))].
+
+parse_test_() ->
+    P = fun(Type, Bin) -> erlang_web_http:parse(Type, Bin, 32) end,
+    Line = fun(N) -> <<"GET /", (binary:copy(<<"a">>, N - 16))/binary, " HTTP/1.1\r\n">> end,
+    [?_assertEqual({ok, {http_request, 'GET', {abs_path, <<"/">>}, {1, 1}}, <<"rest">>},
+                   P(http_bin, <<"GET / HTTP/1.1\r\nrest">>)),
+     ?_assertEqual(more, P(http_bin, <<"GET / HTT">>)),
+     ?_assertEqual(more, P(http_bin, <<>>)),
+     %% the limit counts the line end: 32 bytes in all is fine, 33 is too long
+     ?_assertEqual(32, byte_size(Line(32))),
+     ?_assertMatch({ok, {http_request, 'GET', _, {1, 1}}, <<>>}, P(http_bin, Line(32))),
+     ?_assertEqual(too_long, P(http_bin, Line(33))),
+     %% too long before the line is complete: no need to wait for the rest
+     ?_assertEqual(too_long, P(http_bin, binary:copy(<<"a">>, 33))),
+     ?_assertEqual(more, P(http_bin, binary:copy(<<"a">>, 32))),
+     %% a header line of exactly 32 bytes waiting for the byte that shows it is not folded
+     ?_assertEqual(more, P(httph_bin, <<"X: ", (binary:copy(<<"b">>, 27))/binary, "\r\n">>)),
+     ?_assertMatch({ok, {http_error, _}, _}, P(http_bin, <<"NONSENSE\r\n\r\n">>)),
+     ?_assertEqual({ok, {http_error, <<"\r\n">>}, <<"GET">>}, P(http_bin, <<"\r\nGET">>)),
+     %% a header line is complete once the next byte shows it is not folded
+     ?_assertEqual(more, P(httph_bin, <<"Host: t\r\n">>)),
+     ?_assertEqual({ok, {http_header, 14, 'Host', <<"Host">>, <<"t">>}, <<"\r\n">>},
+                   P(httph_bin, <<"Host: t\r\n\r\n">>)),
+     ?_assertEqual({ok, http_eoh, <<"body">>}, P(httph_bin, <<"\r\nbody">>)),
+     ?_assertEqual(too_long,
+                   P(httph_bin, <<"X: ", (binary:copy(<<"b">>, 40))/binary, "\r\n\r\n">>)),
+     ?_assertEqual(too_long, P(httph_bin, <<"X: ", (binary:copy(<<"b">>, 29))/binary, "\r\n">>))].
+
+head_request_test_() ->
+    [?_assert(erlang_web_http:head_request(<<"HEAD /x">>)),
+     ?_assertNot(erlang_web_http:head_request(<<"GET /x">>)),
+     ?_assertNot(erlang_web_http:head_request(<<"HEADER">>))].
