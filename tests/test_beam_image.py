@@ -61,7 +61,7 @@ def dev(project: Path) -> Built:
 
 @pytest.fixture(scope="module")
 def prod(project: Path) -> Built:
-    s = config.load(project, env="prod", overrides=["app.greeting=Greetings from the prod image"])
+    s = config.load(project, env="prod", overrides=["app.config.greeting=Greetings from the prod image"])
     return Built(s, build.build(s))
 
 
@@ -127,7 +127,7 @@ def test_same_inputs_give_byte_identical_disks(project: Path, dev: Built) -> Non
 def test_a_config_only_rebuild_keeps_the_runtime_archive_and_changes_few_disk_blocks(
     project: Path, dev: Built
 ) -> None:
-    s = config.load(project, env="dev", overrides=["app.greeting=a config-only change"])
+    s = config.load(project, env="dev", overrides=["app.config.greeting=a config-only change"])
     other = Built(s, build.build(s))
     assert other.result.build_id != dev.result.build_id
     parts = [p["name"] for p in dev.image["initramfs"]["parts"]]

@@ -130,14 +130,14 @@ def test_1_build_ami_deploy_serves_the_uploaded_image_through_the_local_load_bal
 def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None:
     before = cloud.machines()
     with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
-        out = release(cloud, f'app.greeting="{V2}"', "local.boot=direct")
+        out = release(cloud, f'app.config.greeting="{V2}"', "local.boot=direct")
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = report("second release", loop, V1, V2)
     assert loop.failed == [], loop.summary()
     assert loop.bodies() == [V1, V2]  # the old greeting, then the new one, never back
     assert figures["cutover_seconds"] is not None and loop.answers[-1].body == V2
-    new_build = build.plan(cloud.settings(f'app.greeting="{V2}"')).build_id
+    new_build = build.plan(cloud.settings(f'app.config.greeting="{V2}"')).build_id
     assert json.loads(cloud.get("/version")[1])["build_id"] == new_build
     (old,) = before
     after = until("the old VM is gone", lambda: old not in cloud.machines() and cloud.machines(), 60)
@@ -149,7 +149,7 @@ def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None
 def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(cloud: Cloud) -> None:
     before = cloud.machines()
     with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
-        out = release(cloud, f'app.greeting="{V3}"', "local.boot=direct", *BROKEN)
+        out = release(cloud, f'app.config.greeting="{V3}"', "local.boot=direct", *BROKEN)
         time.sleep(1)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
