@@ -41,7 +41,7 @@ def main() -> None:
             project = copy_project(Path(tmp) / "proj")
             t_cold, first = timed(config.load(project, env=args.env))
             t_noop, again = timed(config.load(project, env=args.env))
-            changed = config.load(project, env=args.env, overrides=[f"app.greeting=bench run {run}"])
+            changed = config.load(project, env=args.env, overrides=[f"app.config.greeting=bench run {run}"])
             t_cfg, other = timed(changed)
             assert again.reused and again.build_id == first.build_id, "no-op rebuild did not reuse"
             assert not other.reused and other.build_id != first.build_id, "config change did not rebuild"
