@@ -122,6 +122,13 @@ def bake(settings: Settings, app: erlang.Artifact, context: dict[str, Any], out:
         else:
             _refuse_src(release_dir / "sys.config.src", settings)
             base = app.directory / app.sys_config if app.sys_config else None
+            if base is not None and "RUNTIME_CONFIG=true" in base.read_text(errors="replace")[:200]:
+                raise ConfigError(
+                    f"release {app.name}: its sys.config asks for runtime configuration (mix's "
+                    "config/runtime.exs), which mix's start script applies at boot; the image runs the VM "
+                    "without that script",
+                    hint="bake the values instead: move them to [app.config] in pipeline.toml",
+                )
             if settings.app.config and not app.main_app:
                 raise ConfigError(
                     f"{CONFIG_FILE}: app.config: release {app.name} has no application of that name, so "

@@ -95,6 +95,23 @@ class Resolved:
     dependencies: tuple[Dependency, ...]  # in the order found: level by level, as rebar3 does
     git_vsn: bool  # some app or the release takes its version from git
     dep_needs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # what each dependency's .app needs
+    declared: dict[str, tuple[str, ...]] = field(default_factory=dict)  # each dependency's own rebar deps
+
+    def build_order(self) -> list[Dependency]:
+        """The dependencies, each after those it declares or its .app needs (as rebar3 compiles them)."""
+        by_name = {d.name: d for d in self.dependencies}
+        done: list[str] = []
+
+        def visit(name: str, seen: frozenset[str]) -> None:
+            if name in done or name not in by_name or name in seen:
+                return
+            for child in (*self.declared.get(name, ()), *self.dep_needs.get(name, ())):
+                visit(child, seen | {name})
+            done.append(name)
+
+        for d in self.dependencies:
+            visit(d.name, frozenset())
+        return [by_name[n] for n in done]
 
     def by_source(self, source: str) -> list[Dependency]:
         return [d for d in self.dependencies if d.source == source]
@@ -166,6 +183,7 @@ def resolve(directory: Path, profile: str, toolchain: erlang.Toolchain | None = 
         dependencies=tuple(resolver.found.values()),
         git_vsn=git_vsn,
         dep_needs=dict(resolver.app_needs),
+        declared={k: tuple(v) for k, v in resolver.declared.items()},
     )
 
 
@@ -180,6 +198,7 @@ class _Resolver:
         self.locks = locks
         self.found: dict[str, Dependency] = {}
         self.app_needs: dict[str, tuple[str, ...]] = {}
+        self.declared: dict[str, list[str]] = {}  # dependency -> the dependencies its rebar.config names
         self.otp_apps = otp_applications(tc)
 
     def run(self, queue: list[tuple[str, list[str], str]]) -> None:
@@ -188,6 +207,7 @@ class _Resolver:
             pending: list[tuple[str, Path | None, Path | None]] = []  # (dep, its rebar.config, its .app.src)
             with tempfile.TemporaryDirectory(prefix="deps-") as tmp:
                 for name, spec, needed_by in queue:
+                    self.declared.setdefault(needed_by, []).append(name)
                     if name in self.found or name in self.own:
                         continue
                     dep, config, app_src = self._one(name, spec, needed_by, Path(tmp))

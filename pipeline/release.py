@@ -109,6 +109,16 @@ def build_release(settings: Settings, source: Source, work: Path) -> erlang.Arti
     from pipeline.images import recipe
 
     otp_apps = recipe.load(settings.assets_dir).otp_applications
+    wanted = {a: f"{recipe.RECIPE}: otp.applications" for a in otp_apps}
+    wanted.update({a: "pipeline.toml: image.extra_apps" for a in settings.image.extra_apps})
+    tc = erlang.host_toolchain()
+    for app, where in wanted.items():
+        if deps.installed_lib(tc, app) is None and app not in source.resolved.apps:
+            raise ConfigError(
+                f"{where}: OTP application {app} is not installed in {tc.root}",
+                hint=f"install the Debian package erlang-{app.replace('_', '-')} "
+                "or remove the name from the list",
+            )
     spec = rebar.ReleaseSpec(
         name=source.name,
         version=source.version,

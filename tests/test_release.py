@@ -13,6 +13,7 @@ from pipeline import build, config, deps, erlang, rebar, release
 from pipeline.errors import CompileError, ConfigError, ImageError
 from pipeline.images import initramfs, runtime
 from tests import erlprojects as ep
+from tests.project import invoke
 
 PROGRAMS = ("erlexec", "beam.smp")
 
@@ -164,12 +165,47 @@ def test_a_version_from_git_is_the_one_rebar3_computes(tmp_path: Path) -> None:
     assert build.plan(settings).inputs["git"]["head"]
 
 
-def test_the_projects_own_relx_release_is_used(tmp_path: Path) -> None:
-    project = shop(tmp_path, extra='{relx, [{release, {shop_rel, "9.9.9"}, [shop, sasl]}]}.\n')
-    del project
+def test_the_projects_own_relx_release_is_used_with_its_overlays(tmp_path: Path) -> None:
+    project = shop(
+        tmp_path,
+        extra='{relx, [{release, {shop_rel, "9.9.9"}, [shop, sasl]}, '
+        '{overlay, [{copy, "conf/shop.conf", "etc/shop.conf"}]}]}.\n',
+    )
+    (project / "conf").mkdir()
+    (project / "conf" / "shop.conf").write_text("colour = blue\n")
     settings, art = _release(tmp_path)
     assert (settings.app.name, art.version) == ("shop_rel", "9.9.9")
     assert "sasl" in dict(art.applications)
+    tree = initramfs.Tree()
+    runtime.assemble(
+        tree, erlang.host_toolchain(), art.directory, "shop_rel", "9.9.9", PROGRAMS, tmp_path / "rt"
+    )
+    # a file shipped next to the release, where the app (whose working directory is the root) reads it
+    assert tree.entries[f"{runtime.ROOT}/etc/shop.conf"].data == b"colour = blue\n"
+
+
+def test_an_app_path_outside_the_settings_directory_works(tmp_path: Path) -> None:
+    elsewhere = ep.app(tmp_path / "src" / "shop", "shop", "1.2.0", mod=True)
+    ep.rebar_config(elsewhere)
+    root = tmp_path / "settings"
+    root.mkdir()
+    (root / "pipeline.toml").write_text(f'default_env = "dev"\n[app]\npath = "{elsewhere}"\n[env.dev]\n')
+    p = build.plan(config.load(root))
+    assert "src/shop.erl" in p.inputs["sources"]
+
+
+def test_a_bad_release_given_to_invoke_build_is_one_line_and_leaves_nothing(
+    made: Path, tmp_path: Path
+) -> None:
+    rel = _copy(made, tmp_path)
+    for boot in (rel / "releases" / "1.2.0").glob("*.boot"):
+        boot.unlink()
+    (tmp_path / "pipeline.toml").write_text('default_env = "dev"\n[app]\nrelease = "rel"\n[env.dev]\n')
+    proc = invoke(tmp_path, "build")
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "release shop 1.2.0: " in errors[0] and "no boot script" in errors[0]
+    assert not list((tmp_path / ".pipeline" / "builds").glob("*"))
 
 
 # -- releases the image cannot boot -----------------------------------------------------------------

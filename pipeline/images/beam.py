@@ -129,11 +129,15 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
 
     templates = settings.assets_dir / "templates"
     tc = erlang.host_toolchain()
-    rt = runtime.assemble(tree, tc, ctx.app.directory, ctx.app.name, ctx.app.version, r.otp_programs, work)
-    for image_path, host_path in host_libs.items():
-        tree.add_file(image_path, host_path)
     vm_args = ctx.config_dir / "vm.args"
     write_atomic(vm_args, compose_vm_args(templates, ctx))
+    # epmd (and the libraries it links) only when the VM arguments name the node: the launcher starts
+    # it then, and nothing needs it otherwise.
+    distributed = names_node(vm_args.read_text())
+    programs = tuple(p for p in r.otp_programs if p != "epmd" or distributed)
+    rt = runtime.assemble(tree, tc, ctx.app.directory, ctx.app.name, ctx.app.version, programs, work)
+    for image_path, host_path in host_libs.items():
+        tree.add_file(image_path, host_path)
     # What changes with the configuration (the build id, env and settings baked in) goes into a
     # second, small archive after the runtime's, so a configuration-only rebuild leaves the runtime
     # archive, and its blocks on the disks, byte-identical.
@@ -225,6 +229,11 @@ def compose_vm_args(templates: Path, ctx: BuildContext) -> bytes:
         if not text.endswith(b"\n"):
             text += b"\n"
     return text
+
+
+def names_node(vm_args: str) -> bool:
+    """Whether VM arguments start distribution (``-name`` or ``-sname`` outside a comment)."""
+    return any(line.split()[:1] in (["-name"], ["-sname"]) for line in vm_args.splitlines())
 
 
 def _modules(tree: initramfs.Tree, index: kmod.ModuleIndex, r: Recipe) -> list[dict[str, Any]]:

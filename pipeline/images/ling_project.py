@@ -101,9 +101,9 @@ def compile_project(settings: Settings, source: Source, tc: Any, work: Path, bas
 
 
 def _sources(settings: Settings, source: Source, resolved: deps.Resolved, dest: Path) -> list[ToCompile]:
-    """The applications to compile, dependencies first (deepest first), the main app last."""
+    """The applications to compile, each after the dependencies it needs, the main app last."""
     out: list[ToCompile] = []
-    for dep in reversed(resolved.dependencies):
+    for dep in resolved.build_order():
         where = dest / dep.name
         if dep.source == "installed":
             native = sorted(p.name for p in Path(dep.location).glob("priv/**/*.so"))

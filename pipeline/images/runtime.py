@@ -216,7 +216,10 @@ def _release_files(release: Path, facts: ReleaseFacts, stage: Path) -> None:
     for f in sorted(source.iterdir()):
         # sys.config and vm.args are the configuration (the caller bakes them); the start scripts'
         # helpers and templates (env.sh, *.src, *.eex, the .script text) are not used by the image.
-        if f.is_file() and f.name not in CONFIG_FILES and not f.name.endswith(SKIPPED_SUFFIXES):
+        # Directories are code (Elixir's consolidated protocols are on the boot script's path).
+        if f.is_dir():
+            shutil.copytree(f, rel / f.name, symlinks=False)
+        elif f.is_file() and f.name not in CONFIG_FILES and not f.name.endswith(SKIPPED_SUFFIXES):
             shutil.copy2(f, rel / f.name)
     shutil.copy2(facts.boot, rel / "start.boot")
     for f in sorted((release / "releases").iterdir()):
