@@ -1,6 +1,6 @@
 """Benchmark of the beam image: sizes and boot-to-first-HTTP-200 under QEMU.
 
-    .venv/bin/python bench/image.py [--env dev] [--runs 5] [--no-boot]
+    .venv/bin/python bench/image.py [--env dev] [--runs 5] [--no-boot] [--no-examples]
 
 Prints, for the current build of the environment (built first if needed):
 - sizes: kernel, initramfs (compressed and unpacked) and each disk (bytes and non-zero 512 KiB
@@ -10,7 +10,10 @@ Prints, for the current build of the environment (built first if needed):
   as built (direct kernel boot and the hvm-uefi disk through OVMF) against an unoptimised boot of the
   same image measured in the same run (gzip -1 initramfs as in the feasibility run, no kernel
   parameters but the console, the NIC's iPXE ROM loaded, SeaBIOS), so that load from other processes affects
-  both sides alike. The feasibility run's figures are printed for reference.
+  both sides alike. The feasibility run's figures are printed for reference;
+- for each app under ``examples/`` (built in a temporary copy; ``mix release`` first for Elixir):
+  the image's initramfs and trimmed runtime against the size of the release it is made from, as
+  rebar3 or mix made it (with erts where the release ships its own).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +53,7 @@ def main() -> int:
     ap.add_argument("--env", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-boot", action="store_true", help="sizes only")
+    ap.add_argument("--no-examples", action="store_true", help="skip the examples' sizes")
     args = ap.parse_args()
     settings = config.load(ROOT, env=args.env)
     result = build.build(settings)
@@ -94,6 +100,8 @@ def main() -> int:
         subprocess.run(["gzip", "-1"], input=raw, capture_output=True, check=True).stdout
     )
 
+    if not args.no_examples:
+        examples(settings.env)
     if args.no_boot:
         return 0
 
@@ -145,6 +153,34 @@ def main() -> int:
         f"target for direct boot: < {TARGETS['direct_boot_seconds']}s"
     )
     return 0
+
+
+def examples(env: str) -> None:
+    """Each example's image against the release it is made from."""
+    print(f"\nexamples (env {env}): image against the release it is made from")
+    print(f"  {'example':<16}{'release':>10}{'runtime':>10}{'initramfs':>11}  (runtime / release)")
+    with tempfile.TemporaryDirectory(prefix="bench-examples-") as tmp:
+        for directory in sorted(p for p in (ROOT / "examples").iterdir() if (p / "pipeline.toml").is_file()):
+            project = Path(shutil.copytree(directory, Path(tmp) / directory.name))
+            if (project / "mix.exs").is_file():
+                made = subprocess.run(
+                    ["mix", "release", "--overwrite"], cwd=project, capture_output=True,
+                    env={**os.environ, "MIX_ENV": "prod", "HOME": tmp},
+                )  # fmt: skip
+                if made.returncode != 0:
+                    print(f"  {directory.name:<16} skipped: mix release failed")
+                    continue
+            s = config.load(project, env=env)
+            result = build.build(s)
+            image = result.manifest["image"]
+            release_dir = build.compiled(s).directory
+            made_size = sum(p.stat().st_size for p in release_dir.rglob("*") if p.is_file())
+            rt, ird = image["runtime"]["size"], image["initramfs"]["size"]
+            erts = "with its erts" if image["runtime"]["own_erts"] else "erts from this machine"
+            print(
+                f"  {directory.name:<16}{made_size / MB:>8.1f}MB{rt / MB:>8.1f}MB{ird / MB:>9.1f}MB  "
+                f"({100 * rt / made_size:.0f}%; release {erts}; the runtime adds the shared libraries)"
+            )
 
 
 def _boot_once(spec: VmSpec, port: int, tmp: Path) -> tuple[float, ...]:

@@ -193,6 +193,12 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
     return manifest
 
 
+def compiled(settings: Settings) -> Artifact:
+    """The compiled app (the release, for beam) of the current inputs: from the compile cache when
+    it was made before, else made now."""
+    return _compile_cached(settings, plan(settings))
+
+
 def _compile_cached(settings: Settings, p: BuildPlan) -> Artifact:
     """The target's compiled app: from the cache when the same sources were compiled by the same
     tools and code before, else compiled now and cached.

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from pipeline import build, config
-from pipeline.errors import CompileError
+from pipeline.errors import CompileError, ImageError
 from pipeline.local import boot
 from pipeline.local.qemu import Vm, http_get
 from tests.cloud_support import qemu_processes
@@ -177,3 +177,18 @@ def test_an_example_goes_through_build_ami_deploy_and_is_served_by_the_local_loa
     port = int(url.rsplit(":", 1)[1])
     status, body = text(port, "/")
     assert status == 200 and json.loads(body)["service"] == "status (dev)"
+
+
+def test_an_app_that_never_answers_its_health_path_ends_with_the_console_and_its_log(tmp_path: Path) -> None:
+    root = example("jiffy_status", tmp_path)
+    s = config.load(root, overrides=['app.health_path="/never"'])
+    build.build(s)
+    with pytest.raises(ImageError) as err:
+        boot.boot(s, check=True, timeout=90)
+    line = str(err.value)
+    assert "GET /never did not answer 200 within 90s (last: 404); console: " in line
+    console = line.split("console: ", 1)[1].split(" (hint:", 1)[0]
+    assert console.strip() not in ("", "(nothing printed)")  # the guest's own last lines
+    assert f"(hint: see the console log {s.work_dir / 'run'}" in line and "\n" not in line
+    assert qemu_processes(str(root)) == {}
+    assert not list((s.work_dir / "run").glob("*/scratch-*.img"))

@@ -288,3 +288,15 @@ def test_rebar3_failure_lines_name_the_projects_files() -> None:
     assert rebar.failure(out, staged, "apps/shop") == (
         "rebar3 release failed: Compiling src/x.erl failed: apps/shop/x.erl:3:1: syntax error before: '->'"
     )
+
+
+def test_the_amis_provenance_says_where_the_dependencies_are_listed() -> None:
+    from pipeline.aws import provenance
+
+    deps_ = [{"name": "greeter", "version": "0.4.0", "digest": "ab" * 32, "source": "checkout"}]
+    manifest = {"build_id": "0123456789abcdef", "env": "dev", "target": "beam", "app": {"name": "shop"}}
+    disk = {"virtualization": "hvm", "sha256": "cd" * 32}
+    git = provenance.GitState("unknown", "unknown")
+    assert "Dependencies" not in provenance.image_tags(manifest, disk, git)
+    tags = provenance.image_tags({**manifest, "dependencies": deps_}, disk, git)
+    assert tags["Dependencies"].startswith("1 in manifest.json of build 0123456789abcdef, sha256 ")
