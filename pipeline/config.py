@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline import erlterm
+from pipeline import appsettings
 from pipeline.errors import ConfigError
 
 CONFIG_FILE = "pipeline.toml"
@@ -53,15 +53,6 @@ def _nonempty(v: str) -> bool:
 
 def _erlang_name(v: str) -> bool:
     return bool(v) and v[0].islower() and all(c.isalnum() or c == "_" for c in v) and v.isascii()
-
-
-def _erlang_name_or_empty(v: str) -> bool:
-    return v == "" or _erlang_name(v)
-
-
-def _url_path(v: str) -> bool:
-    """An origin-form request target as an HTTP client sends it: "/" then printable ASCII, no spaces."""
-    return v.startswith("/") and len(v) <= 1024 and all(0x21 <= ord(c) <= 0x7E for c in v) and "#" not in v
 
 
 def _cidr(v: str) -> bool:
@@ -113,31 +104,28 @@ def _abs_path(v: str) -> bool:
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The app: where it is, its contract with the pipeline and the values baked into its configuration.
-
-    The pipeline's own keys only: what the app is (``path``, ``release``, ``name``, ``profile``),
-    what the load balancer and the health gate need from it (``port``, ``health_path``,
-    ``version_path``) and what the image gives it (the scratch volume: ``scratch_dir``, ``storage``).
-    Everything the app itself reads goes in ``[app.config]`` (``config``): arbitrary keys, turned into
-    Erlang terms (``pipeline/erlterm.py``) and baked by the app's own ``config/sys.config.j2``.
-    """
+    """The pipeline's own keys about the app: what it is, what the load balancer and the health gate
+    need from it, what the image gives it. What the app itself reads is ``[app.config]`` (``config``,
+    rules in ``pipeline/appsettings.py``), baked by the app's own templates."""
 
     path: str = check("a directory (relative to pipeline.toml, or absolute)", _nonempty, ".")
     release: str = ""  # a release directory made by rebar3/mix release; "" = build app.path with rebar3
     name: str = check(
-        'an Erlang application name (lowercase letters, digits, _), or ""', _erlang_name_or_empty, ""
+        'an Erlang application name (lowercase letters, digits, _), or ""',
+        lambda v: not v or _erlang_name(v),
+        "",
     )
     profile: str = check("a rebar3 profile name like default or prod", _erlang_name, "default")
     port: int = check("integer 1-65535", _between(1, 65535), 8080)
-    health_path: str = check("a URL path starting with /", _url_path, "/health")
+    health_path: str = check("a URL path starting with /", appsettings.url_path, "/health")
     version_path: str = check(
         'a URL path starting with /, or "" when the app cannot say which build it is',
-        lambda v: v == "" or _url_path(v),
+        lambda v: v == "" or appsettings.url_path(v),
         "/version",
     )
     scratch_dir: str = check("an absolute path without spaces", _abs_path, "/scratch")
     storage: Literal["auto", "disc", "ram"] = "auto"  # ram: the app keeps no data on the scratch volume
-    config: dict[str, Any] = field(default_factory=dict)  # [app.config]: checked by _check_app_config
+    config: dict[str, Any] = field(default_factory=dict)  # [app.config]: see appsettings.check_config
 
 
 @dataclass(frozen=True)
@@ -381,27 +369,10 @@ def _check_layer(layer: Mapping[str, Any], prefix: str, src: str) -> dict[str, d
                     hint += f"; the app's own settings go in [{prefix}app.config]"
                 raise ConfigError(f"{where}.{key}: unknown key", hint=hint)
             if section == "app" and key == "config":
-                out[section][key] = _check_app_config(f"{where}.config", value)
+                out[section][key] = appsettings.check_config(f"{where}.config", value)
                 continue
             out[section][key] = _check_value(f"{where}.{key}", value, hints[key], fields[key])
     return out
-
-
-def _check_app_config(where: str, value: Any) -> dict[str, Any]:
-    """``[app.config]``: a table whose every value has an Erlang term (``pipeline/erlterm.py``)."""
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f"{where}: expected a table [app.config] of the app's settings, got {_show(value)}",
-            hint='write the app\'s settings as [app.config] keys, e.g. motd = "hi"',
-        )
-    try:
-        erlterm.check(value)
-    except erlterm.TermError as err:
-        raise ConfigError(
-            f"{where}.{err.path}: {err.message}",
-            hint="see the TOML to Erlang mapping in README (Your own app)",
-        ) from err
-    return value
 
 
 def _check_value(where: str, value: Any, hint: Any, fld: dataclasses.Field[Any]) -> Any:
@@ -457,14 +428,8 @@ def _parse_overrides(overrides: Iterable[str]) -> dict[str, dict[str, Any]]:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text  # a bare word is a string: --set app.config.motd=Hi
-        head, _, rest = key.partition(".")
-        if section == "app" and head == "config" and rest:
-            # --set app.config.limits.max=10 sets one key inside [app.config]
-            table = layer.setdefault(section, {}).setdefault("config", {})
-            *parents, last = rest.split(".")
-            for part in parents:
-                table = table.setdefault(part, {})
-            table[last] = value
+        if section == "app" and key.startswith("config."):  # --set app.config.limits.max=10
+            appsettings.put(layer.setdefault(section, {}).setdefault("config", {}), key[7:], value)
             continue
         layer.setdefault(section, {})[key] = value
     return _check_layer(layer, prefix="", src="--set")
@@ -477,77 +442,23 @@ def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> d
         for key, value in values.items():
             if section == "app" and key == "config":
                 # [env.NAME.app.config] changes only the keys it names, nested tables included
-                merged[key] = _merge_tables(merged.get(key, {}), value)
+                merged[key] = appsettings.merge_tables(merged.get(key, {}), value)
             else:
                 merged[key] = value
     return out
-
-
-def _merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _is_form(value):
-            out[key] = _merge_tables(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _is_form(table: dict[str, Any]) -> bool:
-    """``{atom = ...}`` and the other one-key forms replace a value whole; they are not merged into."""
-    return len(table) == 1 and next(iter(table)) in erlterm.FORMS
 
 
 def _build(
     merged: dict[str, dict[str, Any]], env: str, root: Path, origin: Mapping[str, str] | None = None
 ) -> Settings:
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
-    sections["app"] = _resolve_app(sections["app"], root)
+    app = sections["app"]
+    sections["app"] = dataclasses.replace(
+        app, name=appsettings.resolve_name(root, app.path, app.release, app.name)
+    )
     settings = Settings(env=env, root=root, **sections, config_origin=dict(origin or {}))
     _check_combinations(settings)
     return settings
-
-
-def _resolve_app(app: AppSettings, root: Path) -> AppSettings:
-    """``app.name`` read from the project (or the release); a setting that disagrees is refused.
-
-    When the project cannot be read (not checked out here), a given ``app.name`` is taken as it is:
-    the tasks that only talk to AWS need the name, and the build checks it against the project.
-    """
-    from pipeline import project
-
-    src = CONFIG_FILE
-    try:
-        if app.release:
-            identity, _ = project.identify_release(root / app.release)
-        else:
-            identity = project.identify_project(root / app.path)
-    except ConfigError:
-        if app.name:
-            return app
-        raise
-    if not identity.name:  # an umbrella without a relx release: the setting picks the app
-        if app.name in identity.apps:
-            return app
-        raise ConfigError(
-            f"{src}: app.name: the umbrella project {app.path} has the apps {', '.join(identity.apps)} "
-            f"and no relx release{'' if not app.name else f'; {app.name} is not one of them'}",
-            hint="set app.name to the app the release is named after, or add {relx, [{release, ...}]}"
-            " to rebar.config",
-        )
-    if not _erlang_name(identity.name):
-        raise ConfigError(
-            f"{_relative(identity.source, root)}: the name {identity.name} cannot name the app's stack "
-            "and images",
-            hint="use lowercase letters, digits and _ (an Erlang application name)",
-        )
-    if app.name and app.name != identity.name:
-        raise ConfigError(
-            f'{src}: app.name: "{app.name}" differs from "{identity.name}", the name in '
-            f"{_relative(identity.source, root)}",
-            hint="remove app.name (it is read from the project) or rename the app there",
-        )
-    return dataclasses.replace(app, name=identity.name)
 
 
 def _check_combinations(s: Settings) -> None:
@@ -563,13 +474,6 @@ def _check_combinations(s: Settings) -> None:
             f"{src}: deploy.vpc_id and deploy.subnet_ids must be given together",
             hint="leave both empty to let the stack make its own VPC",
         )
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def _show(value: Any) -> str:

@@ -21,7 +21,6 @@ changed dependency makes a new build. One that cannot be resolved is one line na
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import tarfile
@@ -30,13 +29,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import erlang, project
+from pipeline import erlang, hexpkg, project
 from pipeline.errors import ConfigError
 from pipeline.manifest import digest_of, sha256_file
 from pipeline.proc import run
 
 PROJECT_SCRIPT = Path(__file__).parent / "erl" / "project.escript"
-HEX_DIRS = ("hex/hexpm/packages", "hex/default/packages")  # rebar3's cache layout, newer first
 
 
 @dataclass(frozen=True)
@@ -253,7 +251,7 @@ class _Resolver:
             where = f"hex {spec[1]} {spec[2]}".strip()
             raise ConfigError(
                 f"{needed_by}: dependency {name} ({where}) cannot be resolved offline: not in _checkouts/, "
-                f"not in rebar3's hex cache ({hex_cache()}), not installed under {self.tc.root}/lib",
+                f"not in rebar3's hex cache ({hexpkg.cache()}), not installed under {self.tc.root}/lib",
                 hint=f"put its sources in _checkouts/{name}, use a local git repository, or install it "
                 f"(Debian: erlang-{name.replace('_', '-')})",
             )
@@ -296,14 +294,14 @@ class _Resolver:
     def _hex(
         self, name: str, package: str, requirement: str, locked_hash: str, needed_by: str, tmp: Path
     ) -> tuple[Dependency, Path | None, Path | None] | None:
-        tar = find_hex_package(package, requirement)
+        tar = hexpkg.find(package, requirement)
         if tar is None:
             return None
         version = tar.name.removeprefix(f"{package}-").removesuffix(".tar")
         digest = sha256_file(tar)
         with tarfile.open(tar) as outer:
-            inner = _member(outer, "CHECKSUM").decode().strip()
-            metadata = _member(outer, "metadata.config")
+            inner = hexpkg.member(outer, "CHECKSUM").decode().strip()
+            metadata = hexpkg.member(outer, "metadata.config")
         if locked_hash and locked_hash.lower() not in (digest, inner.lower()):
             raise ConfigError(
                 f"rebar.lock: dependency {name}: {tar} has checksum {digest}, the lock says {locked_hash}",
@@ -373,58 +371,6 @@ def materialize_git(dep: Dependency, base: Path, dest: Path) -> None:
         tar.extractall(dest, filter="data")
 
 
-def materialize_hex(dep: Dependency, dest: Path) -> None:
-    """Unpack a hex package's ``contents.tar.gz`` into ``dest``."""
-    with tarfile.open(dep.location) as outer:
-        contents = _member(outer, "contents.tar.gz")
-    dest.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(contents), mode="r:gz") as inner:
-        inner.extractall(dest, filter="data")
-
-
-def hex_cache() -> Path:
-    return Path(os.environ.get("REBAR_CACHE_DIR") or Path.home() / ".cache" / "rebar3")
-
-
-def find_hex_package(package: str, requirement: str) -> Path | None:
-    """The newest cached ``PACKAGE-VSN.tar`` whose version meets ``requirement`` ("" = any)."""
-    candidates: list[tuple[tuple[int, ...], Path]] = []
-    for sub in HEX_DIRS:
-        for tar in (hex_cache() / sub).glob(f"{package}-*.tar"):
-            version = tar.name.removeprefix(f"{package}-").removesuffix(".tar")
-            key = _semver(version)
-            if key is not None and meets(version, requirement):
-                candidates.append((key, tar))
-    return max(candidates)[1] if candidates else None
-
-
-def meets(version: str, requirement: str) -> bool:
-    """Whether ``version`` meets a hex requirement: ``1.2.3``, ``== 1.2.3``, ``>= 1.2``, ``~> 1.2``,
-    ``~> 1.2.3``, joined with ``and`` / ``or``."""
-    requirement = requirement.strip()
-    if not requirement:
-        return True
-    if " or " in requirement:
-        return any(meets(version, r) for r in requirement.split(" or "))
-    if " and " in requirement:
-        return all(meets(version, r) for r in requirement.split(" and "))
-    m = re.match(r"^(~>|==|>=|<=|>|<|!=)?\s*(\S+)$", requirement)
-    v = _semver(version)
-    if m is None or v is None:
-        return False
-    op, target_text = m.group(1) or "==", m.group(2)
-    target = _semver(target_text)
-    if target is None:
-        return False
-    if op == "~>":
-        parts = target_text.split(".")
-        upper = list(target[: len(parts) - 1])
-        upper[-1] += 1
-        return v >= target and v[: len(upper)] < tuple(upper)
-    return {"==": v == target, ">=": v >= target, "<=": v <= target, ">": v > target,
-            "<": v < target, "!=": v != target}[op]  # fmt: skip
-
-
 def installed_lib(tc: erlang.Toolchain, name: str) -> Path | None:
     """An application installed under the OTP root: ``lib/NAME-VSN`` or (Debian) ``lib/NAME``."""
     for lib in [*sorted(tc.root.glob(f"lib/{name}-*"), reverse=True), tc.root / "lib" / name]:
@@ -455,23 +401,6 @@ def _git_file(repo: Path, sha: str, name: str, dest: Path) -> Path | None:
         return None
     dest.write_bytes(proc.stdout)
     return dest
-
-
-def _member(tar: tarfile.TarFile, name: str) -> bytes:
-    try:
-        f = tar.extractfile(name)
-    except KeyError as err:
-        raise ConfigError(f"{tar.name!s}: no {name}: not a hex package (format 3)") from err
-    if f is None:
-        raise ConfigError(f"{tar.name!s}: {name} is not a file")
-    return f.read()
-
-
-def _semver(text: str) -> tuple[int, ...] | None:
-    m = re.match(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
-    if m is None:
-        return None
-    return tuple(int(g or 0) for g in m.groups())
 
 
 def _app_vsn(app_file: Path) -> str:

@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import deps, erlang, erlterm, project
+from pipeline import deps, erlang, erlterm, hexpkg, project
 from pipeline.errors import CompileError, ToolMissing
 from pipeline.proc import run, which
 
@@ -61,7 +61,7 @@ def stage(resolved: deps.Resolved, directory: Path) -> None:
         if dep.source == "git":
             deps.materialize_git(dep, resolved.directory, dest)
         elif dep.source == "hex":
-            deps.materialize_hex(dep, dest)
+            hexpkg.materialize(Path(dep.location), dest)
 
 
 def build_release(

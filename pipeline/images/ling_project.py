@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import deps, erlang
+from pipeline import deps, erlang, hexpkg
 from pipeline.config import Settings
 from pipeline.erlang import BUILD_APP_SCRIPT, Artifact, CompiledApp
 from pipeline.errors import CompileError, ImageError, ToolFailed
@@ -121,7 +121,7 @@ def _sources(settings: Settings, source: Source, resolved: deps.Resolved, dest: 
         if dep.source == "git":
             deps.materialize_git(dep, source.directory, where)
         elif dep.source == "hex":
-            deps.materialize_hex(dep, where)
+            hexpkg.materialize(Path(dep.location), where)
         else:
             shutil.copytree(source.directory / "_checkouts" / dep.name, where)
         _keep_sources(where)
