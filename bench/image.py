@@ -156,9 +156,12 @@ def main() -> int:
 
 
 def examples(env: str) -> None:
-    """Each example's image against the release it is made from."""
-    print(f"\nexamples (env {env}): image against the release it is made from")
-    print(f"  {'example':<16}{'release':>10}{'runtime':>10}{'initramfs':>11}  (runtime / release)")
+    """Each example's image against the release it is made from: the release's code (lib/, releases/,
+    overlays; no start scripts) as rebar3 or mix made it, against the same in the image (trimmed to
+    ebin/priv, beams stripped), then what the image adds underneath (erts programs, shared libraries)
+    and the compressed initramfs."""
+    print(f"\nexamples (env {env}): the release's code as made and in the image, and what the image adds")
+    print(f"  {'example':<16}{'release':>9}{'in image':>10}{'erts+libs':>11}{'initramfs':>11}")
     with tempfile.TemporaryDirectory(prefix="bench-examples-") as tmp:
         for directory in sorted(p for p in (ROOT / "examples").iterdir() if (p / "pipeline.toml").is_file()):
             project = Path(shutil.copytree(directory, Path(tmp) / directory.name))
@@ -173,14 +176,29 @@ def examples(env: str) -> None:
             s = config.load(project, env=env)
             result = build.build(s)
             image = result.manifest["image"]
-            release_dir = build.compiled(s).directory
-            made_size = sum(p.stat().st_size for p in release_dir.rglob("*") if p.is_file())
-            rt, ird = image["runtime"]["size"], image["initramfs"]["size"]
-            erts = "with its erts" if image["runtime"]["own_erts"] else "erts from this machine"
+            release = _tree_size(build.compiled(s).directory, skip=("bin", "erts-"))
+            unpacked = Path(tmp) / f"{directory.name}.initrd"
+            unpacked.mkdir()
+            ird = image["initramfs"]
+            raw = _unpack(result.directory / ird["file"], ird["compression"])
+            cpio = ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"]
+            subprocess.run(cpio, input=raw, cwd=unpacked, check=True)
+            code = _tree_size(unpacked / runtime.ROOT.lstrip("/"), skip=("erts-",))
+            underneath = image["runtime"]["size"] - code
+            erts = "its own erts" if image["runtime"]["own_erts"] else "this machine's erts"
             print(
-                f"  {directory.name:<16}{made_size / MB:>8.1f}MB{rt / MB:>8.1f}MB{ird / MB:>9.1f}MB  "
-                f"({100 * rt / made_size:.0f}%; release {erts}; the runtime adds the shared libraries)"
+                f"  {directory.name:<16}{release / MB:>7.1f}MB{code / MB:>8.1f}MB{underneath / MB:>9.1f}MB"
+                f"{ird['size'] / MB:>9.1f}MB  (code {100 * code / release:.0f}% of the release; {erts})"
             )
+
+
+def _tree_size(root: Path, skip: tuple[str, ...]) -> int:
+    """Bytes of the files under ``root`` outside its top-level entries starting with ``skip``."""
+    return sum(
+        p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(skip)
+    )
 
 
 def _boot_once(spec: VmSpec, port: int, tmp: Path) -> tuple[float, ...]:
