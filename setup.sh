@@ -9,10 +9,12 @@ cd "$(dirname "$0")"
 # busybox, systemd-boot-efi and GRUB build and boot the images; binutils make ELF objects (the LING
 # railing stand-in in the tests); openssh-server backs the remote-build tests; wrk drives the HTTP bench.
 # grub-common brings the libraries of the pinned grub-mkimage that builds the Xen check's loader; lz4
-# unpacks the cloud kernel for the PV disk (PV-GRUB cannot read LZ4).
+# unpacks the cloud kernel for the PV disk (PV-GRUB cannot read LZ4). erlang-mochiweb, erlang-jiffy and
+# elixir are what the apps under examples/ are made of (Debian-packaged libraries, a NIF, mix release).
 PACKAGES="
   erlang-base erlang-dev erlang-inets erlang-mnesia erlang-eunit erlang-tools erlang-crypto
   erlang-syntax-tools erlang-parsetools erlang-runtime-tools rebar3
+  erlang-mochiweb erlang-jiffy elixir
   python3 python3-venv python3-pip
   qemu-system-x86 qemu-utils ovmf e2fsprogs mtools dosfstools fdisk cpio xz-utils zstd gzip
   busybox-static binutils systemd-boot-efi grub-efi-amd64-bin grub-common lz4

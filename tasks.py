@@ -40,7 +40,7 @@ logging.basicConfig(
 )
 
 ENV_HELP = "environment from pipeline.toml (default: its default_env)"
-SET_HELP = "override a setting for this run, e.g. --set app.greeting=Hi (repeatable)"
+SET_HELP = "override a setting for this run, e.g. --set app.config.motd=Hi (repeatable)"
 COMMON_HELP = {"env": ENV_HELP, "set": SET_HELP}
 
 
@@ -165,7 +165,8 @@ def _report_build(result: Any) -> None:
     else:
         ui.done(
             f"built {result.build_id} in {result.seconds:.1f}s: {app['name']} {app['version']}, "
-            f"{len(app['modules'])} modules, config {m['config_digest'][:12]}"
+            f"{len(app['applications'])} applications, {len(m.get('dependencies', []))} dependencies, "
+            f"config {m['config_digest'][:12]}"
         )
     for disk in m.get("image", {}).get("disks", []):
         ui.say(
@@ -323,7 +324,9 @@ def run(
     from pipeline.local import boot
 
     def ready(r: boot.RunResult) -> None:
-        ui.done(f"{r.mode} boot of {r.build_id}: {r.url} answered /health after {r.boot_seconds:.1f}s")
+        ui.done(
+            f"{r.mode} boot of {r.build_id}: {r.url} answered {s.app.health_path} after {r.boot_seconds:.1f}s"
+        )
         ui.say(f"  console log: {r.console_log}")
         if not check:
             ui.say("  Ctrl-C shuts the VM down")

@@ -56,7 +56,9 @@ def real_builds(project: Path, env: str) -> tuple[Any, Any] | None:
     first = build.build(config.load(project, env=env))
     if not first.manifest.get("image", {}).get("disks"):
         return None
-    second = build.build(config.load(project, env=env, overrides=["app.greeting=bench: another greeting"]))
+    second = build.build(
+        config.load(project, env=env, overrides=["app.config.greeting=bench: another greeting"])
+    )
     return first, second
 
 

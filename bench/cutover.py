@@ -93,7 +93,7 @@ class Project:
 
     def release(self, greeting: str) -> tuple[config.Settings, str]:
         """Build and upload a release with ``greeting``; its settings and build id."""
-        extra = f'app.greeting="{greeting}"'
+        extra = f'app.config.greeting="{greeting}"'
         for task in ("build", "ami"):
             if self.invoke(task, *self.args(extra)) != 0:
                 raise SystemExit(f"invoke {task} failed")
@@ -160,7 +160,7 @@ def blue_green(p: Project, loop: LoadLoop, greeting: str, name: str) -> dict[str
     lines: list[tuple[float, str]] = []
     with MemorySampler(str(p.root)) as mem:
         t0, wall = time.monotonic(), time.time()
-        code = p.invoke("deploy", "--yes", *p.args(f'app.greeting="{greeting}"'), lines=lines)
+        code = p.invoke("deploy", "--yes", *p.args(f'app.config.greeting="{greeting}"'), lines=lines)
         end = time.monotonic()
     if code != 0:
         print("\n".join(line for _, line in lines[-20:]))

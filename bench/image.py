@@ -1,6 +1,6 @@
 """Benchmark of the beam image: sizes and boot-to-first-HTTP-200 under QEMU.
 
-    .venv/bin/python bench/image.py [--env dev] [--runs 5] [--no-boot]
+    .venv/bin/python bench/image.py [--env dev] [--runs 5] [--no-boot] [--no-examples]
 
 Prints, for the current build of the environment (built first if needed):
 - sizes: kernel, initramfs (compressed and unpacked) and each disk (bytes and non-zero 512 KiB
@@ -10,7 +10,10 @@ Prints, for the current build of the environment (built first if needed):
   as built (direct kernel boot and the hvm-uefi disk through OVMF) against an unoptimised boot of the
   same image measured in the same run (gzip -1 initramfs as in the feasibility run, no kernel
   parameters but the console, the NIC's iPXE ROM loaded, SeaBIOS), so that load from other processes affects
-  both sides alike. The feasibility run's figures are printed for reference.
+  both sides alike. The feasibility run's figures are printed for reference;
+- for each app under ``examples/`` (built in a temporary copy; ``mix release`` first for Elixir):
+  the image's initramfs and trimmed runtime against the size of the release it is made from, as
+  rebar3 or mix made it (with erts where the release ships its own).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -48,6 +53,7 @@ def main() -> int:
     ap.add_argument("--env", default=None)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-boot", action="store_true", help="sizes only")
+    ap.add_argument("--no-examples", action="store_true", help="skip the examples' sizes")
     args = ap.parse_args()
     settings = config.load(ROOT, env=args.env)
     result = build.build(settings)
@@ -94,6 +100,8 @@ def main() -> int:
         subprocess.run(["gzip", "-1"], input=raw, capture_output=True, check=True).stdout
     )
 
+    if not args.no_examples:
+        examples(settings.env)
     if args.no_boot:
         return 0
 
@@ -145,6 +153,52 @@ def main() -> int:
         f"target for direct boot: < {TARGETS['direct_boot_seconds']}s"
     )
     return 0
+
+
+def examples(env: str) -> None:
+    """Each example's image against the release it is made from: the release's code (lib/, releases/,
+    overlays; no start scripts) as rebar3 or mix made it, against the same in the image (trimmed to
+    ebin/priv, beams stripped), then what the image adds underneath (erts programs, shared libraries)
+    and the compressed initramfs."""
+    print(f"\nexamples (env {env}): the release's code as made and in the image, and what the image adds")
+    print(f"  {'example':<16}{'release':>9}{'in image':>10}{'erts+libs':>11}{'initramfs':>11}")
+    with tempfile.TemporaryDirectory(prefix="bench-examples-") as tmp:
+        for directory in sorted(p for p in (ROOT / "examples").iterdir() if (p / "pipeline.toml").is_file()):
+            project = Path(shutil.copytree(directory, Path(tmp) / directory.name))
+            if (project / "mix.exs").is_file():
+                made = subprocess.run(
+                    ["mix", "release", "--overwrite"], cwd=project, capture_output=True,
+                    env={**os.environ, "MIX_ENV": "prod", "HOME": tmp},
+                )  # fmt: skip
+                if made.returncode != 0:
+                    print(f"  {directory.name:<16} skipped: mix release failed")
+                    continue
+            s = config.load(project, env=env)
+            result = build.build(s)
+            image = result.manifest["image"]
+            release = _tree_size(build.compiled(s).directory, skip=("bin", "erts-"))
+            unpacked = Path(tmp) / f"{directory.name}.initrd"
+            unpacked.mkdir()
+            ird = image["initramfs"]
+            raw = _unpack(result.directory / ird["file"], ird["compression"])
+            cpio = ["cpio", "-id", "--quiet", "--no-absolute-filenames", "--nonmatching", "dev/console"]
+            subprocess.run(cpio, input=raw, cwd=unpacked, check=True)
+            code = _tree_size(unpacked / runtime.ROOT.lstrip("/"), skip=("erts-",))
+            underneath = image["runtime"]["size"] - code
+            erts = "its own erts" if image["runtime"]["own_erts"] else "this machine's erts"
+            print(
+                f"  {directory.name:<16}{release / MB:>7.1f}MB{code / MB:>8.1f}MB{underneath / MB:>9.1f}MB"
+                f"{ird['size'] / MB:>9.1f}MB  (code {100 * code / release:.0f}% of the release; {erts})"
+            )
+
+
+def _tree_size(root: Path, skip: tuple[str, ...]) -> int:
+    """Bytes of the files under ``root`` outside its top-level entries starting with ``skip``."""
+    return sum(
+        p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(skip)
+    )
 
 
 def _boot_once(spec: VmSpec, port: int, tmp: Path) -> tuple[float, ...]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pipeline
-from pipeline import proc, render
+from pipeline import appconfig, proc
 from pipeline.config import Settings
-from pipeline.erlang import CompiledApp
+from pipeline.erlang import Artifact
 from pipeline.errors import PipelineError
 from pipeline.images import BuildContext, ImageTarget, target_for
 from pipeline.manifest import (
@@ -30,10 +30,11 @@ from pipeline.manifest import (
     digest_of,
     file_entries,
     read_manifest,
+    sha256_file,
     tree_digests,
-    write_atomic,
     write_json,
 )
+from pipeline.release import Source, source_of
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,10 @@ PACKAGE_DIR = Path(pipeline.__file__).parent
 # The pipeline's own code that shapes build outputs: changing it must change the build id.
 BUILDER_PATTERNS = (
     "build.py", "erlang.py", "render.py", "manifest.py", "erl/*", "images/*.py", "xen/pvkernel.py",
+    "appconfig.py", "erlterm.py", "deps.py", "rebar.py", "release.py", "project.py",
 )  # fmt: skip
-APP_PATTERNS = ("src/**/*", "include/**/*", "priv/**/*", "rebar.config")
+# The pipeline's code that shapes the compiled release (not the configuration baked into it).
+COMPILER_PATTERNS = ("erl/", "erlang.py", "deps.py", "rebar.py", "release.py", "project.py")
 # Outputs listed by their target with their own digests (large disk images are not hashed twice).
 SELF_DESCRIBED_DIRS = ("disks/",)
 
@@ -71,6 +74,7 @@ class BuildPlan:
     config_digest: str
     inputs: dict[str, Any]
     target: ImageTarget
+    source: Source
 
 
 def builds_dir(settings: Settings) -> Path:
@@ -83,25 +87,31 @@ def baked_config(settings: Settings) -> dict[str, Any]:
 
 
 def plan(settings: Settings) -> BuildPlan:
-    """Collect every input of a build and derive the build id (reads files; compiles nothing)."""
-    if not (settings.app_dir / "src").is_dir():
-        raise PipelineError(
-            f"pipeline.toml: app.path: {settings.app.path}/src does not exist",
-            hint="point app.path at the app's rebar3 project directory",
-        )
+    """Collect every input of a build and derive the build id (reads files; compiles nothing).
+
+    The inputs: every file of the app's project (or of the given release), each dependency's identity,
+    the app's and the shared templates, the pipeline's own build code, the image recipe, the settings
+    of the environment and the versions of the tools.
+    """
     target = target_for(settings)
+    source = source_of(settings)
     config_digest = digest_of(baked_config(settings))
+    templates = settings.assets_dir / "templates"
     inputs = {
         "schema": SCHEMA,
-        "sources": tree_digests(settings.app_dir, settings.root, APP_PATTERNS),
+        "source": {"kind": source.kind, "name": source.name, "version": source.version},
+        "sources": source.inputs["files"],
+        "dependencies": source.inputs.get("dependencies", []),
+        "git": source.inputs.get("git", {}),
+        "app_templates": {name: sha256_file(path) for name, path in appconfig.templates_of(settings).items()},
         # Only the templates baked into images; templates/xen/ belongs to the local Xen test host.
-        "templates": tree_digests(settings.root / "templates", settings.root, ("*.j2",)),
+        "templates": tree_digests(templates, settings.assets_dir, ("*.j2",)),
         "builder": tree_digests(PACKAGE_DIR, PACKAGE_DIR, BUILDER_PATTERNS),
         "recipe": target.input_files(settings),
         "settings": {"env": settings.env, "app": asdict(settings.app), "image": asdict(settings.image)},
         "tools": target.tool_versions(settings),
     }
-    return BuildPlan(digest_of(inputs)[:BUILD_ID_LEN], config_digest, inputs, target)
+    return BuildPlan(digest_of(inputs)[:BUILD_ID_LEN], config_digest, inputs, target, source)
 
 
 def find(settings: Settings) -> BuildResult:
@@ -152,13 +162,10 @@ def build(settings: Settings, force: bool = False) -> BuildResult:
 
 def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True)
-    app = _compile_cached(settings, p, out / "app")
+    app = _compile_cached(settings, p)
     context = template_context(settings, p.build_id, p.config_digest, app.version)
     config_dir = out / "config"
-    write_atomic(
-        config_dir / "sys.config",
-        render.render(settings.root / "templates", "sys.config.j2", context).encode(),
-    )
+    baked = appconfig.bake(settings, app, context, config_dir)
     ctx = BuildContext(settings, p.build_id, out, app, config_dir, context)
     image = p.target.build_image(ctx)
     manifest: dict[str, Any] = {
@@ -170,12 +177,14 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
         "app": {
             "name": app.name,
             "version": app.version,
-            "modules": list(app.modules),
-            "applications": list(app.applications),
-            "otp_release": app.otp_release,
+            "source": p.source.kind,
+            "main_app": app.main_app,
+            "applications": [{"name": n, "version": v} for n, v in app.applications],
+            **app.details,
         },
+        "dependencies": p.source.dependency_records(),
         "config_digest": p.config_digest,
-        "config": baked_config(settings),
+        "config": {**baked_config(settings), "baked": baked},
         "inputs": p.inputs,
         "outputs": file_entries(out, skip_dirs=SELF_DESCRIBED_DIRS),
         "image": image,
@@ -184,47 +193,78 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
     return manifest
 
 
-def _compile_cached(settings: Settings, p: BuildPlan, out: Path) -> CompiledApp:
-    """Compile the app, or copy the result of an earlier compile of the same sources with the same tools.
+def compiled(settings: Settings) -> Artifact:
+    """The compiled app (the release, for beam) of the current inputs: from the compile cache when
+    it was made before, else made now."""
+    return _compile_cached(settings, plan(settings))
 
-    Compiled code depends only on the sources, the compiler and the pipeline's compile step, so a
-    configuration-only change reuses it. The cache entry is made atomically like a build directory.
+
+def _compile_cached(settings: Settings, p: BuildPlan) -> Artifact:
+    """The target's compiled app: from the cache when the same sources were compiled by the same
+    tools and code before, else compiled now and cached.
+
+    Compiled code depends only on the sources, the dependencies, the tools, the pipeline's compile
+    step and the settings that shape the release (its name, profile, extra applications), so a
+    configuration-only change reuses it. A cache entry is made atomically like a build directory;
+    it is read, never changed, by the builds that use it. A release given as it is (``app.release``)
+    is used in place.
     """
+    if p.source.kind == "release":
+        return p.target.compile(settings, p.source, settings.work_dir / "tmp")
     key = digest_of(
         {
             "target": p.target.name,
             "sources": p.inputs["sources"],
+            "dependencies": p.inputs["dependencies"],
+            "git": p.inputs["git"],
             "tools": p.inputs["tools"],
-            "compiler": {k: v for k, v in p.inputs["builder"].items() if k.startswith(("erl/", "erlang.py"))},
+            "compiler": {k: v for k, v in p.inputs["builder"].items() if k.startswith(COMPILER_PATTERNS)},
+            "release": {
+                "name": settings.app.name,
+                "profile": settings.app.profile,
+                "extra_apps": list(settings.image.extra_apps),
+                "recipe": p.inputs["recipe"],
+            },
         }
     )[:BUILD_ID_LEN]
-    cache = settings.work_dir / "cache" / "app" / key
+    cache = settings.work_dir / "cache" / p.target.name / key
     record = cache / "compiled.json"
     if record.is_file():
-        shutil.copytree(cache / "app", out)
         data = json.loads(record.read_text())
-        app = CompiledApp(
-            name=data["name"],
-            version=data["version"],
-            directory=out / data["directory"],
-            modules=tuple(data["modules"]),
-            applications=tuple(data["applications"]),
-            nif_modules=tuple(data["nif_modules"]),
-            otp_release=data["otp_release"],
-        )
+        app = _artifact_from(data, cache)
         log.info("reused compiled %s %s from cache %s", app.name, app.version, key)
         return app
-    app = p.target.compile(settings, out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(cache.parent)
     tmp = cache.with_name(f".tmp-{key}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(out, tmp / "app")
-    data = {**asdict(app), "directory": app.directory.relative_to(out).as_posix()}
-    write_json(tmp / "compiled.json", data)
     try:
-        tmp.rename(cache)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another build cached the same compile first
-    return app
+        made = p.target.compile(settings, p.source, tmp / "work")
+        made.directory.rename(tmp / "out")
+        shutil.rmtree(tmp / "work", ignore_errors=True)
+        data = {**asdict(made), "directory": "out"}
+        write_json(tmp / "compiled.json", data)
+        try:
+            tmp.rename(cache)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another build cached the same compile first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _artifact_from(json.loads(record.read_text()), cache)
+
+
+def _artifact_from(data: dict[str, Any], cache: Path) -> Artifact:
+    return Artifact(
+        name=data["name"],
+        version=data["version"],
+        directory=cache / data["directory"],
+        main_app=data["main_app"],
+        applications=tuple((n, v) for n, v in data["applications"]),
+        sys_config=data["sys_config"],
+        vm_args=data["vm_args"],
+        details=data["details"],
+    )
 
 
 def template_context(settings: Settings, build_id: str, config_digest: str, version: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline import rules
+from pipeline import appsettings, rules
 from pipeline.errors import ConfigError
 from pipeline.rules import Rule, bad_value, show
 
@@ -67,19 +67,24 @@ _toolchain = rules.toolchain
 
 @dataclass(frozen=True)
 class AppSettings:
-    """The Erlang app and the configuration baked into its image (its sys.config)."""
+    """The pipeline's own keys about the app: what it is, what the load balancer and the health gate
+    need from it, what the image gives it. What the app itself reads is ``[app.config]`` (``config``,
+    rules in ``pipeline/appsettings.py``), baked by the app's own templates."""
 
-    name: str = rule(rules.APP_NAME, "erlang_web")
-    path: str = rule(rules.PROJECT_DIR, "apps/erlang_web")
+    path: str = check("a directory (relative to pipeline.toml, or absolute)", rules.printable(4096), ".")
+    release: str = rule(rules.optional(rules.LOCAL_PATH), "")  # a release made by rebar3/mix release
+    name: str = rule(rules.optional(rules.APP_NAME), "")  # "" = read from the project
+    profile: str = rule(rules.APP_NAME, "default")  # rebar3 profiles are atoms, like application names
     port: int = check("integer 1-65535", _between(1, 65535), 8080)
-    greeting: str = check("a non-empty string", _nonempty, "Hello from an Erlang unikernel")
-    acceptors: int = check("integer 1-1024", _between(1, 1024), 8)
-    max_connections: int = check("integer 1-1000000", _between(1, 1_000_000), 1024)
-    request_timeout_ms: int = check("integer 100-600000", _between(100, 600_000), 5000)
-    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 75000)
-    max_body_bytes: int = check("integer 0-104857600", _between(0, 104_857_600), 65536)
+    health_path: str = check("a URL path starting with /", appsettings.url_path, "/health")
+    version_path: str = check(
+        'a URL path starting with /, or "" when the app cannot say which build it is',
+        lambda v: v == "" or appsettings.url_path(v),
+        "/version",
+    )
     scratch_dir: str = rule(rules.ABSOLUTE_PATH, "/scratch")
-    storage: Literal["auto", "disc", "ram"] = "auto"
+    storage: Literal["auto", "disc", "ram"] = "auto"  # ram: the app keeps no data on the scratch volume
+    config: dict[str, Any] = field(default_factory=dict)  # [app.config]: see appsettings.check_config
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,9 @@ class Settings:
     local: LocalSettings
     # "section.key" -> where its value came from ("pipeline.toml: env.dev.app.port", "--set app.port")
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # Which layer set each top-level [app.config] key ("app.config", "env.prod.app.config", ...),
+    # for messages about a value; not a setting itself (it does not change what is built).
+    config_origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def where(self, dotted: str) -> str:
         """Where the value of ``section.key`` came from, for an error about it."""
@@ -208,7 +216,22 @@ class Settings:
 
     @property
     def app_dir(self) -> Path:
+        """The app's project directory (``app.path``; absolute or relative to pipeline.toml)."""
         return self.root / self.app.path
+
+    @property
+    def assets_dir(self) -> Path:
+        """Where the image recipes (``ami/``) and the shared templates (``templates/``) are: next to
+        pipeline.toml when the project has its own, else the pipeline's own, so pipeline.toml can
+        live in an app's repository with nothing else of the pipeline's."""
+        if (self.root / "ami" / "beam.toml").is_file():
+            return self.root
+        return Path(__file__).resolve().parent.parent
+
+    @property
+    def release_dir(self) -> Path | None:
+        """The release made elsewhere (``app.release``), or None when the pipeline builds one."""
+        return self.root / self.app.release if self.app.release else None
 
     @property
     def work_dir(self) -> Path:
@@ -301,11 +324,19 @@ def load(
             f'{src}environment "{chosen}" is not defined',
             hint=f"defined environments: {known}; add [env.{chosen}] or pass --env",
         )
-    merged = _merge(base, _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src, origins=origins))
-    merged = _merge(merged, _parse_overrides(overrides, origins))
+    env_layer = _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src, origins=origins)
+    override_layer = _parse_overrides(overrides, origins)
+    merged = _merge(_merge(base, env_layer), override_layer)
     for flag, item in (flags or {}).items():
         merged = _merge(merged, _parse_overrides([item], origins, flag))
-    return _build(merged, chosen, root, origins)
+    config_origin: dict[str, str] = {}
+    for layer, name in (
+        (base, "app.config"),
+        (env_layer, f"env.{chosen}.app.config"),
+        (override_layer, "--set app.config"),
+    ):
+        config_origin.update(dict.fromkeys(layer.get("app", {}).get("config", {}), name))
+    return _build(merged, chosen, root, origins, config_origin)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -360,10 +391,14 @@ def _check_layer(
         out[section] = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(
-                    f"{where}.{key}: unknown key", hint=f"keys of [{section}]: {', '.join(sorted(fields))}"
-                )
-            out[section][key] = _check_value(f"{where}.{key}", value, hints[key], fields[key], fix)
+                hint = f"keys of [{section}]: {', '.join(sorted(fields))}"
+                if section == "app":
+                    hint += f"; the app's own settings go in [{prefix}app.config]"
+                raise ConfigError(f"{where}.{key}: unknown key", hint=hint)
+            if section == "app" and key == "config":
+                out[section][key] = appsettings.check_config(f"{where}.config", value)
+            else:
+                out[section][key] = _check_value(f"{where}.{key}", value, hints[key], fields[key], fix)
             if origins is not None:
                 origins[f"{section}.{key}"] = f"{where}.{key}"
     return out
@@ -422,7 +457,7 @@ def _parse_overrides(
 ) -> dict[str, dict[str, Any]]:
     """``--set`` items (or the one item of a task's ``flag``) as a checked layer."""
     layer: dict[str, dict[str, Any]] = {}
-    form = "write --set SECTION.KEY=VALUE, like --set app.greeting=Hi"
+    form = "write --set SECTION.KEY=VALUE, like --set app.port=8081"
     for item in overrides:
         try:
             item.encode("utf-8")
@@ -443,7 +478,10 @@ def _parse_overrides(
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
-            value = text  # a bare word is a string: --set app.greeting=Hi
+            value = text  # a bare word is a string: --set app.config.motd=Hi
+        if section == "app" and key.startswith("config."):  # --set app.config.limits.max=10
+            appsettings.put(layer.setdefault(section, {}).setdefault("config", {}), key[7:], value)
+            continue
         layer.setdefault(section, {})[key] = value
     if flag is not None:
         return _check_flag(flag, layer, origins)
@@ -467,13 +505,34 @@ def _check_flag(
 def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     out = {section: dict(values) for section, values in base.items()}
     for section, values in top.items():
-        out.setdefault(section, {}).update(values)
+        merged = out.setdefault(section, {})
+        for key, value in values.items():
+            if section == "app" and key == "config":
+                # [env.NAME.app.config] changes only the keys it names, nested tables included
+                merged[key] = appsettings.merge_tables(merged.get(key, {}), value)
+            else:
+                merged[key] = value
     return out
 
 
-def _build(merged: dict[str, dict[str, Any]], env: str, root: Path, origins: dict[str, str]) -> Settings:
+def _build(
+    merged: dict[str, dict[str, Any]],
+    env: str,
+    root: Path,
+    origins: dict[str, str],
+    config_origin: Mapping[str, str] | None = None,
+) -> Settings:
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
-    settings = Settings(env=env, root=root, **sections, origins=origins)
+    app = sections["app"]
+    sections["app"] = dataclasses.replace(
+        app,
+        name=appsettings.resolve_name(
+            root, app.path, app.release, app.name, lambda d: origins.get(d, f"{CONFIG_FILE}: {d}")
+        ),
+    )
+    settings = Settings(
+        env=env, root=root, **sections, origins=origins, config_origin=dict(config_origin or {})
+    )
     rules.check_combinations(settings)
     return settings
 

@@ -1,7 +1,8 @@
-"""The Erlang toolchain: find it, read its versions, compile the app.
+"""The Erlang toolchain: find it, read its versions, compile an application.
 
-Compilation runs ``pipeline/erl/build_app.escript`` with the toolchain's own ``escript``, so the same
-code compiles for the host OTP (beam target) and for OTP 17 (ling target).
+The beam target's release is built by rebar3 (``pipeline/rebar.py``). The ling target compiles each
+application with ``pipeline/erl/build_app.escript`` run by the toolchain's own ``escript`` (OTP 17,
+possibly on a build host), which is what :func:`compile_app` and :func:`parse_summary` serve.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import CompileError, ToolFailed, ToolMissing
 from pipeline.proc import SETUP_HINT, run, which
@@ -66,6 +68,25 @@ class CompiledApp:
     @property
     def ebin(self) -> Path:
         return self.directory / "ebin"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What an image target's compile step made, for the rest of the build.
+
+    beam: the OTP release (``directory`` is its root: ``lib/``, ``releases/VSN/``); ling: the project
+    staged the way railing packs it. Both are build products kept in the compile cache, so they hold
+    only what equal inputs reproduce byte for byte.
+    """
+
+    name: str  # app.name: the release's name
+    version: str  # the release's version (ling: the main application's)
+    directory: Path
+    main_app: str  # the OTP application [app.config] belongs to when the app has no sys.config.j2
+    applications: tuple[tuple[str, str], ...]  # (name, version) of every application in it
+    sys_config: str = ""  # the release's own sys.config, relative to directory ("" = none)
+    vm_args: str = ""  # the release's own vm.args, relative to directory ("" = none)
+    details: dict[str, Any] = field(default_factory=dict)  # target-specific facts (ling: modules)
 
 
 def host_toolchain() -> Toolchain:

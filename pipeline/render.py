@@ -3,7 +3,7 @@
 Undefined variables are errors (``StrictUndefined``), reported with the template and line. Filters
 quote every value for the place it ends up, so templates never hand-quote strings:
 
-    {greeting, {{ app.greeting | erl_binary }}}      ->  {greeting, <<"Hello"/utf8>>}
+    {env, {{ build.env | erl_binary }}}              ->  {env, <<"dev"/utf8>>}
     mkdir -p {{ app.scratch_dir | shell_quote }}     ->  mkdir -p '/my scratch'
     -goofs {{ app.scratch_dir | boot_token }}        ->  -goofs /scratch (or an error)
     title {{ build.version | one_line }}             ->  title 1.0 (control characters become spaces)
@@ -23,6 +23,7 @@ from typing import Any
 
 import jinja2
 
+from pipeline import erlterm
 from pipeline.errors import TemplateError
 from pipeline.rules import ERLANG_RESERVED
 
@@ -34,6 +35,7 @@ def environment(template_dir: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - the outputs are Erlang terms and shell/boot text, not HTML
     )
+    env.filters["erl"] = erlterm.term  # any [app.config] value (pipeline/erlterm.py has the mapping)
     env.filters["erl_binary"] = erl_binary
     env.filters["erl_string"] = erl_string
     env.filters["erl_atom"] = erl_atom

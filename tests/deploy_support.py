@@ -213,7 +213,7 @@ def set_stack_status(name: str, status: str) -> None:
     raise KeyError(name)
 
 
-V2 = 'app.greeting="Hello, v2"'  # a configuration change: a new build, a new AMI, a new release
+V2 = 'app.config.greeting="Hello, v2"'  # a configuration change: a new build, a new AMI, a new release
 
 
 @dataclass(frozen=True)

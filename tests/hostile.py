@@ -95,14 +95,11 @@ def _base(v: Values) -> dict[str, Any]:
         "app": SimpleNamespace(
             name=v.app_name,
             port=8080,
-            greeting=v.greeting,
-            acceptors=8,
-            max_connections=1024,
-            request_timeout_ms=5000,
-            idle_timeout_ms=60000,
-            max_body_bytes=65536,
+            health_path="/health",
+            version_path="/version",
             scratch_dir=v.scratch_dir,
             storage="auto",
+            config={"greeting": v.greeting},
         ),
         "image": SimpleNamespace(target="beam", memory_mb=256, extra_apps=(), max_open_files=65536),
         "build": {
@@ -144,7 +141,10 @@ def init_script(v: Values) -> str:
 
 
 def sys_config(v: Values) -> str:
-    return render.render(TEMPLATES, "sys.config.j2", _base(v))
+    """The shared sys.config template (an app without its own) baking ``[app.config]`` values: the
+    greeting, and the values the pipeline passes as build facts, as the app's environment."""
+    config = {"greeting": v.greeting, "scratch_dir": v.scratch_dir, "env": v.env, "build_id": v.build_id}
+    return render.render(TEMPLATES, "sys.config.j2", {**_base(v), "main_app": v.app_name, "config": config})
 
 
 def ling_context(v: Values) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def ling_expected_args(v: Values) -> list[str]:
 
 
 def vm_args(v: Values) -> str:
-    return render.render(TEMPLATES, "vm.args.j2", _base(v))
+    return render.render(TEMPLATES, "vm.args.j2", {**_base(v), "erlang_root": "/opt/erlang"})
 
 
 def vm_args_lines(text: str) -> list[str]:
@@ -267,7 +267,7 @@ def consult(configs: Sequence[str], workdir: Path) -> list[dict[str, Any]]:
             {
                 "app": "".join(map(chr, name)),
                 "greeting": bytes(greeting).decode(),
-                "scratch_dir": "".join(map(chr, scratch)),
+                "scratch_dir": bytes(scratch).decode(),
                 "env": bytes(env).decode(),
                 "build_id": bytes(build_id).decode(),
                 "keys": count,

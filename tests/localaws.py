@@ -28,7 +28,10 @@ from tests.erlnode import free_port
 
 def write_project(root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "pipeline.toml").write_text('default_env = "dev"\n[env.dev]\n[env.prod]\n')
+    # only AWS stages run here (on synthetic builds): the app is named, its project need not exist
+    (root / "pipeline.toml").write_text(
+        'default_env = "dev"\n[app]\nname = "erlang_web"\n[env.dev]\n[env.prod]\n'
+    )
 
 
 class _Raw:

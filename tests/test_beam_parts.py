@@ -13,10 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import erlang
-from pipeline.erlang import CompiledApp
 from pipeline.errors import ConfigError, PipelineError, ToolMissing
-from pipeline.images import beam, initramfs, recipe, runtime
+from pipeline.images import beam, initramfs, recipe
 from pipeline.local import qemu
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,47 +167,6 @@ def test_a_qemu_that_fails_to_start_leaves_no_process_and_no_files(tmp_path: Pat
     assert work is not None and work.exists()
     vm.stop(grace=0)
     assert not work.exists() and not vm.running()
-
-
-def test_runtime_closure_follows_app_files_and_names_where_a_missing_app_was_asked_for(
-    erlang_web_app: CompiledApp,
-) -> None:
-    tc = erlang.host_toolchain()
-    apps = runtime.closure(tc, erlang_web_app, {})
-    assert list(apps)[:2] == ["kernel", "stdlib"]
-    assert set(apps) == {"kernel", "stdlib", "mnesia", "erlang_web"}
-    assert apps["mnesia"][1] == tc.lib_dir("mnesia")
-    more = runtime.closure(tc, erlang_web_app, {"runtime_tools": "pipeline.toml: image.extra_apps"})
-    assert set(more) == {"kernel", "stdlib", "mnesia", "erlang_web", "runtime_tools"}
-    with pytest.raises(ConfigError) as err:
-        runtime.closure(tc, erlang_web_app, {"no_such_app": "pipeline.toml: image.extra_apps"})
-    assert str(err.value).startswith(
-        f"pipeline.toml: image.extra_apps: OTP application no_such_app is not installed in {tc.root}"
-    )
-
-
-def _fake_app(tmp_path: Path, applications: str, included: str = "") -> CompiledApp:
-    ebin = tmp_path / "demo-1.0" / "ebin"
-    ebin.mkdir(parents=True)
-    (ebin / "demo.app").write_text(
-        f'{{application, demo, [{{vsn, "1.0"}}, {{modules, []}}, {{applications, [{applications}]}}, '
-        f"{{included_applications, [{included}]}}]}}.\n"
-    )
-    return CompiledApp("demo", "1.0", ebin.parent, (), tuple(applications.split(", ")), (), "25")
-
-
-def test_runtime_closure_is_transitive_through_included_applications(tmp_path: Path) -> None:
-    tc = erlang.host_toolchain()
-    app = _fake_app(tmp_path, "kernel, stdlib", included="runtime_tools")
-    assert set(runtime.closure(tc, app, {})) == {"kernel", "stdlib", "demo", "runtime_tools"}
-
-
-def test_a_dependency_that_is_not_installed_names_the_app_file_that_needs_it(tmp_path: Path) -> None:
-    app = _fake_app(tmp_path, "kernel, stdlib, not_installed_here")
-    with pytest.raises(
-        ConfigError, match=r"^the .app file of demo: OTP application not_installed_here is not"
-    ):
-        runtime.closure(erlang.host_toolchain(), app, {})
 
 
 def test_pe_timestamp_fix_keeps_objcopys_checksum_algorithm(tmp_path: Path) -> None:

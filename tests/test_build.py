@@ -40,14 +40,20 @@ def test_build_writes_a_content_addressed_build_with_a_manifest(project: Path) -
     m = json.loads((result.directory / "manifest.json").read_text())
     assert m["build_id"] == result.build_id
     assert m["app"]["name"] == "erlang_web"
-    assert "erlang_web_app" in m["app"]["modules"]
-    # every input is listed with its digest, and the tool versions with theirs
-    src = "apps/erlang_web/src/erlang_web_app.erl"
-    assert m["inputs"]["sources"][src] == sha256_file(project / src)
+    # the image boots the release rebar3 made: the app and what its .app file needs, at their versions
+    assert {a["name"] for a in m["app"]["applications"]} == {"kernel", "stdlib", "mnesia", "erlang_web"}
+    assert m["image"]["runtime"]["release"] == {"name": "erlang_web", "version": m["app"]["version"]}
+    # every input is listed with its digest (every file of the project), and the tools with versions
+    src = "src/erlang_web_app.erl"
+    assert m["inputs"]["sources"][src] == sha256_file(project / "apps/erlang_web" / src)
+    assert m["inputs"]["sources"]["config/sys.config.j2"] == sha256_file(
+        project / "apps/erlang_web/config/sys.config.j2"
+    )
     assert m["inputs"]["templates"]["templates/sys.config.j2"] == sha256_file(
         project / "templates/sys.config.j2"
     )
     assert m["inputs"]["tools"]["otp"].startswith("25")
+    assert m["inputs"]["tools"]["rebar3"]
     # every output is listed with its digest
     for entry in m["outputs"]:
         assert sha256_file(result.directory / entry["path"]) == entry["sha256"]
@@ -61,30 +67,24 @@ def test_build_writes_a_content_addressed_build_with_a_manifest(project: Path) -
 def test_second_build_with_nothing_changed_is_reused(project: Path) -> None:
     settings = config.load(project, env="dev")
     first = build.build(settings)
-    beam = (
-        first.directory
-        / "app"
-        / f"erlang_web-{first.manifest['app']['version']}"
-        / "ebin"
-        / "erlang_web_app.beam"
-    )
-    mtime = beam.stat().st_mtime_ns
+    manifest = first.directory / "manifest.json"
+    mtime = manifest.stat().st_mtime_ns
     second = build.build(settings)
     assert second.reused
     assert second.build_id == first.build_id
-    assert beam.stat().st_mtime_ns == mtime
+    assert manifest.stat().st_mtime_ns == mtime
     assert leftovers(project) == [first.build_id]
 
 
 def test_one_config_value_changes_the_build_id_and_only_what_it_should(project: Path) -> None:
     a = build.build(config.load(project, env="dev"))
-    b = build.build(config.load(project, env="dev", overrides=["app.greeting=Changed"]))
+    b = build.build(config.load(project, env="dev", overrides=["app.config.greeting=Changed"]))
     assert a.build_id != b.build_id
     assert a.manifest["config_digest"] != b.manifest["config_digest"]
     assert a.manifest["inputs"]["sources"] == b.manifest["inputs"]["sources"]
-    beams_a = {e["path"]: e["sha256"] for e in a.manifest["outputs"] if e["path"].endswith(".beam")}
-    beams_b = {e["path"]: e["sha256"] for e in b.manifest["outputs"] if e["path"].endswith(".beam")}
-    assert beams_a == beams_b  # same sources, same compiled code; only the baked config differs
+    # same sources, same compiled release and runtime; only the baked config differs
+    assert a.manifest["image"]["runtime"] == b.manifest["image"]["runtime"]
+    assert a.manifest["image"]["initramfs"]["parts"][0] == b.manifest["image"]["initramfs"]["parts"][0]
 
 
 def test_same_inputs_in_two_checkouts_give_byte_identical_builds(tmp_path: Path) -> None:
@@ -127,11 +127,23 @@ BAD_INPUTS = {
         "apps/erlang_web/src/erlang_web_json.erl:",
     ),
     "undefined template variable": (
-        lambda p: (p / "templates/sys.config.j2").write_text(
-            (p / "templates/sys.config.j2").read_text().replace("{{ app.port }}", "{{ app.prot }}")
+        lambda p: (p / "apps/erlang_web/config/sys.config.j2").write_text(
+            (p / "apps/erlang_web/config/sys.config.j2")
+            .read_text()
+            .replace("{{ app.port }}", "{{ app.prot }}")
         ),
         [],
-        "templates/sys.config.j2:",
+        "config/sys.config.j2:",
+    ),
+    "a setting the app's template refuses": (
+        lambda p: None,
+        ["--set", "app.config.acceptors=0"],
+        "pipeline.toml: --set app.config.acceptors: expected an integer 1-1024, got 0",
+    ),
+    "no rebar.config": (
+        lambda p: (p / "apps/erlang_web/rebar.config").unlink(),
+        [],
+        "app.path: ",
     ),
 }
 
@@ -172,10 +184,12 @@ def test_killed_build_leaves_no_directory_that_looks_finished(project: Path) -> 
 
 def test_config_only_rebuild_reuses_the_compiled_app(project: Path) -> None:
     a = build.build(config.load(project, env="dev"))
-    b = build.build(config.load(project, env="dev", overrides=["app.greeting=Other"]))
-    app_a = {e["path"]: e["sha256"] for e in a.manifest["outputs"] if e["path"].startswith("app/")}
-    app_b = {e["path"]: e["sha256"] for e in b.manifest["outputs"] if e["path"].startswith("app/")}
-    assert app_a == app_b
+    log = project / ".pipeline" / "logs" / "rebar3.log"
+    made = log.stat().st_mtime_ns
+    b = build.build(config.load(project, env="dev", overrides=["app.config.greeting=Other"]))
+    assert log.stat().st_mtime_ns == made  # rebar3 did not run again
+    assert len(list((project / ".pipeline" / "cache" / "beam").iterdir())) == 1
+    assert a.manifest["image"]["runtime"] == b.manifest["image"]["runtime"]
     # a source change is not served from the cache
     src = project / "apps/erlang_web/src/erlang_web_json.erl"
     src.write_text(src.read_text() + "\n%% changed\n")

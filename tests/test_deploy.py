@@ -696,7 +696,7 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     deploy.deploy(s, clients, runtime)
     assert actions()["deploy"] == ("up to date", f"build {build_id} is live on blue")
 
-    s2 = config.load(project, env="dev", overrides=[*OVERRIDES, 'app.greeting="v2"'])
+    s2 = config.load(project, env="dev", overrides=[*OVERRIDES, 'app.config.greeting="v2"'])
     b2 = build.plan(s2).build_id
     third = {p.stage: p for p in deploy.plan(s2, clients, runtime)}
     assert third["build"].action == "would build"

@@ -166,7 +166,7 @@ def moto_env(aws_in_process: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     TargetHealth(monkeypatch)
     project = tmp_path / "proj"
     project.mkdir()
-    (project / "pipeline.toml").write_text('default_env = "dev"\n[env.dev]\n')
+    (project / "pipeline.toml").write_text('default_env = "dev"\n[app]\nname = "erlang_web"\n[env.dev]\n')
     issued = ca.ensure_certificate(config.load(project, env="dev"), clients)
     yield rec, clients, issued
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import erlang
-from pipeline.images import elfcheck, ling, vmling
+from pipeline.images import elfcheck, ling_project, vmling
 from tests.railing_standin import build_railing, drivers_s, make_toolchain, outlet_s, standin_railing
 from tests.railing_standin.projects import tiny_app
 
@@ -76,7 +76,8 @@ def stage(tmp: Path, toolchain: erlang.Toolchain | None) -> Path:
     tiny_app(tmp / "tinyapp")
     app = erlang.compile_app(tmp / "tinyapp", tmp / "out", toolchain)
     project = tmp / "stage" / "tinyapp"
-    ling.stage_project(app, SYS_CONFIG, project)
+    ling_project.stage_main(app, project)
+    (project / "priv" / "sys.config").write_bytes(SYS_CONFIG)
     return project
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import erlang, render
 from pipeline.errors import ImageError
-from pipeline.images import elfcheck, ling
+from pipeline.images import elfcheck, ling, ling_project
 from tests.railing_standin import make_toolchain, standin_railing
 from tests.railing_standin.projects import REPO, tiny_app
 
@@ -42,7 +42,8 @@ def railing(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def make(tmp: Path, app: erlang.CompiledApp, change: str = "") -> Made:
     """Stage the app as the pipeline does, optionally break the stage, run the stand-in railing."""
     stage = tmp / "tinyapp"
-    ling.stage_project(app, SYS_CONFIG, stage)
+    ling_project.stage_main(app, stage)
+    (stage / "priv" / "sys.config").write_bytes(SYS_CONFIG)
     if change == "drop-module":
         (stage / "ebin" / "tinyapp_util.beam").unlink()
     elif change == "alter-config":
@@ -289,12 +290,23 @@ def test_domain_config_must_boot_like_menu_lst(tmp_path: Path) -> None:
 
 
 def test_start_module_is_the_app_module_with_start(compiled: erlang.CompiledApp) -> None:
-    assert ling.start_module(compiled) == "tinyapp_app"
-    bare = replace(compiled, modules=("tinyapp_util",))
+    assert ling.start_module("tinyapp", compiled.modules) == "tinyapp_app"
     with pytest.raises(ImageError, match=r"neither module tinyapp nor tinyapp_app exists"):
-        ling.start_module(bare)
+        ling.start_module("tinyapp", ("tinyapp_util",))
 
 
-def test_required_libs_skip_what_railing_always_embeds(compiled: erlang.CompiledApp) -> None:
-    app = replace(compiled, applications=("kernel", "stdlib", "mnesia", "crypto"))
-    assert ling.required_libs(app, ("inets", "mnesia")) == ["mnesia", "crypto", "inets"]
+def test_buckets_are_named_as_railing_names_them_and_may_not_collide(tmp_path: Path) -> None:
+    """railing.erl avoid_ebin_stem/1: a directory's bucket is its last component, ebin skipped."""
+    assert [ling_project.bucket_of(d) for d in ("ebin", "priv", "lib/cowlib/ebin", "priv/static")] == [
+        "top", "priv", "cowlib", "static"
+    ]  # fmt: skip
+    for rel in ("ebin/a.beam", "priv/x", "lib/dep/ebin/dep.beam"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+    ling_project.check_buckets(tmp_path, ["mnesia"])
+    (tmp_path / "lib" / "dep" / "priv").mkdir()
+    (tmp_path / "lib" / "dep" / "priv" / "mime.types").write_text("x")
+    with pytest.raises(ImageError, match=r"ling: priv/ and lib/dep/priv/ would share railing's bucket priv"):
+        ling_project.check_buckets(tmp_path, ["mnesia"])
+    with pytest.raises(ImageError, match=r"lib/dep/ebin/ and railing's own dep/ would share"):
+        ling_project.check_buckets(tmp_path, ["dep"])

@@ -10,7 +10,7 @@ from pipeline import config
 from pipeline.errors import ConfigError
 from pipeline.remote import SshTarget, parse_toolchain
 
-BASE = 'default_env = "dev"\n[env.dev]\n'
+BASE = 'default_env = "dev"\n[app]\nname = "tinyapp"\n[env.dev]\n'
 
 
 def load(tmp_path: Path, *overrides: str) -> config.Settings:

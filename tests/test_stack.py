@@ -335,7 +335,8 @@ def test_committed_templates_are_lint_clean_and_fresh() -> None:
 
 def test_synth_writes_one_template_per_environment_and_removes_stale_ones(tmp_path: Path) -> None:
     (tmp_path / "pipeline.toml").write_text(
-        'default_env = "a"\n[env.a.app]\ngreeting = "x"\n[env.b.deploy]\nlistener_port = 8000\n'
+        'default_env = "a"\n[app]\nname = "erlang_web"\n[env.a.app.config]\ngreeting = "x"\n'
+        "[env.b.deploy]\nlistener_port = 8000\n"
     )
     (tmp_path / "cfn").mkdir()
     (tmp_path / "cfn" / "old-stack.json").write_text("{}")

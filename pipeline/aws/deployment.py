@@ -189,6 +189,8 @@ class Deployment:
                 load_balancer_arn=outputs["LoadBalancerArn"],
                 capacity=state.side(color).capacity,
                 build_id=state.side(color).release.build_id,
+                health_path=self.settings.app.health_path,
+                version_path=self.settings.app.version_path,
             )
         except KeyError as err:
             raise DeployError(f"stack {self.name} has no output {err}", hint="invoke status") from err

@@ -4,9 +4,12 @@ A unikernel cannot run cfn-signal or a deployment agent, so health is judged fro
 
 - the load balancer's target health (``DescribeTargetHealth``): every instance of the colour must be
   registered and ``healthy``, and there must be as many as the colour's capacity;
-- HTTP probes of ``/health`` (200) and ``/version`` (the build id the colour should run), sent through
-  the load balancer with the colour's ``X-Pipeline-Color`` header, where the load balancer is
-  reachable from this machine (a probe that cannot connect is skipped, not failed);
+- HTTP probes of the app's health path (``app.health_path``: 200) and, when the app can say which
+  build it is (``app.version_path``), of its version path (an answer naming the build id the colour
+  should run), sent through the load balancer with the colour's ``X-Pipeline-Color`` header, where
+  the load balancer is reachable from this machine (a probe that cannot connect is skipped, not
+  failed). An app without a version path is judged by its targets' health and its health path, and
+  the gate says so;
 - while a colour takes traffic, its 5xx answers per minute (CloudWatch ``HTTPCode_Target_5XX_Count``).
 
 Where the facts come from is a :class:`HealthSource`, so tests and the local cloud can supply their
@@ -89,8 +92,11 @@ def assess(
     health: Probe | None,
     version: Probe | None,
     build_id: str,
+    health_path: str = HEALTH_PATH,
+    version_path: str = VERSION_PATH,
 ) -> Verdict:
-    """Judge one observation of a colour (pure). ``expected`` is its capacity."""
+    """Judge one observation of a colour (pure). ``expected`` is its capacity; ``version_path`` ""
+    means the app cannot say which build it is."""
     # Draining targets are leaving (replaced or scaled-in instances) and take no new requests.
     serving = [t for t in targets if t.state != "draining"]
     healthy = [t for t in serving if t.state == "healthy"]
@@ -100,26 +106,32 @@ def assess(
         if t.state != "healthy":
             parts.append(f"{t.target_id} {t.state}" + (f" ({t.reason})" if t.reason else ""))
     if health is not None:
-        parts.append(f"{HEALTH_PATH} {health.status}")
+        parts.append(f"{health_path} {health.status}")
         ok = ok and health.status == 200
     if version is not None:
-        served = _build_id_of(version)
-        parts.append(f"{VERSION_PATH} build {served or '?'}")
+        served = _build_id_of(version, build_id)
+        parts.append(f"{version_path} build {served or '?'}")
         ok = ok and version.status == 200 and served == build_id
         if served and served != build_id:
             parts.append(f"expected build {build_id}")
     if health is None and version is None:
         parts.append("HTTP probes not reachable from here")
+    elif not version_path:
+        parts.append("build not checked (no app.version_path): relying on target health")
     return Verdict(ok, ", ".join(parts))
 
 
-def _build_id_of(probe: Probe) -> str | None:
+def _build_id_of(probe: Probe, expected: str) -> str | None:
+    """The build id a version answer names: its JSON ``build_id``, or the expected id where the
+    answer holds it as text (an app may answer with just the id, or with it in any format)."""
     try:
         data = json.loads(probe.body)
     except ValueError:
-        return None
+        data = None
     value = data.get("build_id") if isinstance(data, dict) else None
-    return str(value) if value else None
+    if value:
+        return str(value)
+    return expected if expected and expected in probe.body else None
 
 
 @dataclass(frozen=True)
@@ -131,6 +143,8 @@ class Subject:
     load_balancer_arn: str
     capacity: int
     build_id: str
+    health_path: str = HEALTH_PATH  # app.health_path
+    version_path: str = VERSION_PATH  # app.version_path; "" = the app cannot say which build it is
 
 
 class HealthGate:
@@ -157,9 +171,10 @@ class HealthGate:
     def check(self, c: Subject) -> Verdict:
         """One observation of ``c``."""
         targets = self.source.targets(c.target_group_arn)
-        health = self.source.probe(c.color, HEALTH_PATH)
-        version = self.source.probe(c.color, VERSION_PATH) if health is not None else None
-        return assess(targets, c.capacity, health, version, c.build_id)
+        health = self.source.probe(c.color, c.health_path)
+        probe_version = health is not None and bool(c.version_path)
+        version = self.source.probe(c.color, c.version_path) if probe_version else None
+        return assess(targets, c.capacity, health, version, c.build_id, c.health_path, c.version_path)
 
     def wait_healthy(self, c: Subject, timeout: float) -> Verdict:
         """Poll until ``c`` is healthy; raise :class:`Unhealthy` when ``timeout`` seconds pass first."""

@@ -10,6 +10,7 @@ from typing import Any
 from pipeline import proc
 from pipeline.aws import tags as T
 from pipeline.errors import PipelineError
+from pipeline.manifest import digest_of
 
 UNKNOWN = "unknown"
 
@@ -61,6 +62,11 @@ def image_tags(manifest: Mapping[str, Any], disk: Mapping[str, Any], git: GitSta
     ling = _tool(tools, "ling", "railing")
     if ling:
         out[T.LING_VERSION] = ling
+    deps = manifest.get("dependencies") or []
+    if deps:  # each one's name, version, digest and source are in the manifest the build id names
+        out[T.DEPENDENCIES] = (
+            f"{len(deps)} in manifest.json of build {manifest['build_id']}, sha256 {digest_of(deps)[:16]}"
+        )
     return {k: _value(v) for k, v in out.items()}
 
 

@@ -16,10 +16,11 @@ Shape (see cfn/ for the rendered result):
   listener rules: one per colour selected by the ``X-Pipeline-Color`` header (so the health gate can
   probe a colour through the load balancer before it gets traffic), and a catch-all rule that
   forwards to both target groups by weight;
-- per colour: a target group checking ``/health``, a launch template (IMDSv2 required, the scratch
-  volume as a block device deleted with the instance) and an Auto Scaling group with ELB health
-  checks. (The 5xx watch during a rollout reads the target group's CloudWatch metric directly: an
-  alarm resource would be the same check, and moto's CloudFormation cannot create one.)
+- per colour: a target group checking the app's health path (``app.health_path``), a launch
+  template (IMDSv2 required, the scratch volume as a block device deleted with the instance) and an
+  Auto Scaling group with ELB health checks. (The 5xx watch during a rollout reads the target
+  group's CloudWatch metric directly: an alarm resource would be the same check, and moto's
+  CloudFormation cannot create one.)
 
 Logical ids are chosen so that each launch template sorts before its group (``BlueLaunchTemplate``,
 ``BlueServerGroup``): moto applies updates in template key order, and a group updated before its
@@ -93,6 +94,7 @@ class StackParams:
     certificate_arn: str = ""  # "": HTTP only (see pipeline.aws.listeners)
     https_port: int = 443
     access_logs_bucket: str = ""
+    health_path: str = HEALTH_PATH  # what the target groups check (app.health_path)
 
     @property
     def stack_name(self) -> str:
@@ -114,6 +116,7 @@ def params_for(settings: Settings) -> StackParams:
         certificate_arn=settings.deploy.certificate_arn,
         https_port=settings.deploy.https_port,
         access_logs_bucket=settings.deploy.access_logs_bucket,
+        health_path=settings.app.health_path,
     )
 
 
@@ -392,7 +395,7 @@ def _color_resources(
             Protocol="HTTP",
             TargetType="instance",
             HealthCheckEnabled=True,
-            HealthCheckPath=HEALTH_PATH,
+            HealthCheckPath=p.health_path,
             HealthCheckProtocol="HTTP",
             HealthCheckIntervalSeconds=HEALTH_INTERVAL,
             HealthCheckTimeoutSeconds=HEALTH_TIMEOUT,

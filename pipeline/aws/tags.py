@@ -34,6 +34,7 @@ OTP_VERSION = "OtpVersion"
 KERNEL_VERSION = "KernelVersion"  # beam: the Linux kernel package version
 LING_VERSION = "LingVersion"  # ling: the LING/railing version
 IMAGE_SHA256 = "ImageSha256"  # of the whole raw disk image that was uploaded
+DEPENDENCIES = "Dependencies"  # how many the app has and where they are listed (its build's manifest)
 SNAPSHOT = "SnapshotId"  # on AMIs: the snapshot the pipeline uploaded (moto reports another one)
 SNAPSHOT_CHECKSUM = "SnapshotChecksum"  # the linear aggregate SHA-256 given to CompleteSnapshot
 PARENT_SNAPSHOT = "ParentSnapshot"  # the snapshot the upload was a delta against, or "none"

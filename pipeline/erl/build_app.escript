@@ -1,12 +1,16 @@
 #!/usr/bin/env escript
-%% Compile one OTP application from its rebar3 layout into OUT/<app>-<vsn>/ebin.
+%% Compile OTP applications from their rebar3 layout into OUT/<app>-<vsn>/ebin.
 %%
 %% Usage: escript build_app.escript APP_DIR OUT_DIR
+%%        escript build_app.escript multi OUT_DIR APP_DIR...   (in dependency order)
 %%
-%% Compiles src/*.erl with the erl_opts of APP_DIR/rebar.config plus `deterministic` (no paths or
-%% times in the beams, so equal sources give equal bytes), writes <app>.app from src/<app>.app.src with
-%% the module list filled in, and prints a summary the pipeline parses, one fact per line:
-%%   app NAME VSN | applications A.. | modules M.. | nif MODULE | otp RELEASE
+%% Compiles src/**/*.erl (subdirectories too, as rebar3 does) with the erl_opts of
+%% APP_DIR/rebar.config plus `deterministic` (no paths or times in the beams, so equal sources give
+%% equal bytes), writes <app>.app from src/<app>.app.src with the module list filled in, copies
+%% include/ next to ebin/ (for the -include_lib of the applications compiled after it, which also find
+%% its behaviours and parse transforms on the code path), and prints a summary the pipeline parses,
+%% one fact per line, per application:
+%%   app NAME VSN | applications A.. | modules M.. | nif MODULE | driver MODULE | otp RELEASE
 %% Compiler errors are printed as FILE:LINE: message and the script exits 1.
 %%
 %% Runs on every OTP release from 17 on (the ling target compiles with OTP 17), so it uses no maps,
@@ -14,7 +18,15 @@
 -mode(compile).
 
 main([AppDir, OutDir]) ->
-    case catch build(AppDir, OutDir) of
+    run(fun() -> build(AppDir, OutDir) end);
+main(["multi", OutDir | AppDirs]) ->
+    run(fun() -> lists:foreach(fun(AppDir) -> ok = build(AppDir, OutDir) end, AppDirs) end);
+main(_) ->
+    io:format(standard_error, "usage: build_app.escript APP_DIR OUT_DIR | multi OUT_DIR APP_DIR...~n", []),
+    halt(2).
+
+run(Fun) ->
+    case catch Fun() of
         ok -> halt(0);
         {error, Msg} ->
             io:format(standard_error, "~s~n", [Msg]),
@@ -22,10 +34,7 @@ main([AppDir, OutDir]) ->
         Other ->
             io:format(standard_error, "build_app: ~p~n", [Other]),
             halt(2)
-    end;
-main(_) ->
-    io:format(standard_error, "usage: build_app.escript APP_DIR OUT_DIR~n", []),
-    halt(2).
+    end.
 
 build(AppDir, OutDir) ->
     {Name, Props} = read_app_src(AppDir),
@@ -34,8 +43,9 @@ build(AppDir, OutDir) ->
     ok = filelib:ensure_dir(filename:join(Ebin, "x")),
     Opts = erl_opts(AppDir) ++
         [deterministic, return_errors, return_warnings, {outdir, Ebin},
-         {i, filename:join(AppDir, "include")}],
-    Sources = lists:sort(filelib:wildcard(filename:join([AppDir, "src", "*.erl"]))),
+         {i, filename:join(AppDir, "include")}, {i, filename:join(AppDir, "src")}],
+    copy_include(AppDir, filename:dirname(Ebin)),
+    Sources = lists:sort(filelib:wildcard(filename:join([AppDir, "src", "**", "*.erl"]))),
     %% Behaviours and parse transforms of the app must be compiled (and loadable) before the modules
     %% that use them, as rebar3 does: compile modules that define callbacks or transforms first.
     true = code:add_patha(Ebin),
@@ -48,7 +58,8 @@ build(AppDir, OutDir) ->
     io:format("app ~s ~s~n", [Name, Vsn]),
     io:format("applications~s~n", [[[" ", atom_to_list(A)] || A <- Apps]]),
     io:format("modules~s~n", [[[" ", atom_to_list(M)] || M <- Mods]]),
-    [io:format("nif ~s~n", [M]) || M <- Mods, uses_nif(filename:join(Ebin, atom_to_list(M) ++ ".beam"))],
+    [io:format("~s ~s~n", [Kind, M]) || M <- Mods,
+                                        Kind <- native(filename:join(Ebin, atom_to_list(M) ++ ".beam"))],
     io:format("otp ~s~n", [erlang:system_info(otp_release)]),
     ok.
 
@@ -119,8 +130,22 @@ is_prerequisite(Src) ->
     {ok, Text} = file:read_file(Src),
     binary:match(Text, [<<"\n-callback">>, <<"parse_transform(">>]) =/= nomatch.
 
-uses_nif(Beam) ->
+%% Native code a module loads: a NIF library (erlang:load_nif/2) or a port driver (erl_ddll).
+native(Beam) ->
     case beam_lib:chunks(Beam, [imports]) of
-        {ok, {_, [{imports, Imports}]}} -> lists:member({erlang, load_nif, 2}, Imports);
-        _ -> false
+        {ok, {_, [{imports, Imports}]}} ->
+            [nif || lists:member({erlang, load_nif, 2}, Imports)]
+                ++ [driver || lists:any(fun(F) -> lists:member(F, Imports) end,
+                                       [{erl_ddll, load_driver, 2}, {erl_ddll, load, 2}])];
+        _ -> []
     end.
+
+copy_include(AppDir, Dest) ->
+    Files = [F || F <- filelib:wildcard(filename:join([AppDir, "include", "**", "*"])), filelib:is_regular(F)],
+    lists:foreach(
+      fun(F) ->
+              Rel = lists:nthtail(length(filename:join(AppDir, "include")) + 1, F),
+              To = filename:join([Dest, "include", Rel]),
+              ok = filelib:ensure_dir(To),
+              {ok, _} = file:copy(F, To)
+      end, Files).

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pipeline.config import Settings
-from pipeline.erlang import CompiledApp
+from pipeline.erlang import Artifact
+
+if TYPE_CHECKING:
+    from pipeline.release import Source
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class BuildContext:
     settings: Settings
     build_id: str
     out: Path  # the (temporary) build directory being filled
-    app: CompiledApp
-    config_dir: Path  # rendered configuration (sys.config, ...)
+    app: Artifact  # the release (beam) or the staged project (ling), read-only
+    config_dir: Path  # the baked configuration (sys.config, app.vm.args)
     template_context: dict[str, Any]  # what templates/*.j2 are rendered with
 
 
@@ -38,8 +41,9 @@ class ImageTarget(Protocol):
         """``{project-relative path: sha256}`` of target-specific inputs (recipes under ami/)."""
         ...
 
-    def compile(self, settings: Settings, out: Path) -> CompiledApp:
-        """Compile the app with the Erlang/OTP release this target runs."""
+    def compile(self, settings: Settings, source: Source, work: Path) -> Artifact:
+        """Compile the app (and its dependencies) for this target in ``work``; what it made may be
+        moved elsewhere afterwards (the compile cache), so it must not refer to ``work``."""
         ...
 
     def build_image(self, ctx: BuildContext) -> dict[str, Any]:

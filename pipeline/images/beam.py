@@ -22,18 +22,21 @@ import logging
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import erlang, render
+from pipeline import erlang, rebar, release, render
 from pipeline.blocks import DiskRecord, describe
 from pipeline.config import Settings
-from pipeline.erlang import CompiledApp
+from pipeline.erlang import Artifact
 from pipeline.errors import ConfigError, ImageError
 from pipeline.images import BuildContext, debs, disk, initramfs, kmod, recipe, runtime
 from pipeline.images.recipe import Recipe
 from pipeline.manifest import digest_of, sha256_file, write_atomic
 from pipeline.proc import run
 from pipeline.xen import pvkernel
+
+if TYPE_CHECKING:
+    from pipeline.release import Source
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +64,12 @@ class BeamTarget:
     name = "beam"
 
     def tool_versions(self, settings: Settings) -> dict[str, str]:
-        r = recipe.load(settings.root)
+        r = recipe.load(settings.assets_dir)
         tc = erlang.host_toolchain()
         versions = {
             "otp": tc.otp_version,
             "erts": tc.erts_version,
+            "rebar3": rebar.rebar3_version(),
             r.kernel.package: r.kernel.version,
             r.busybox.package: r.busybox.version,
         }
@@ -73,16 +77,16 @@ class BeamTarget:
         return versions
 
     def input_files(self, settings: Settings) -> dict[str, str]:
-        r = recipe.load(settings.root)
+        r = recipe.load(settings.assets_dir)
         for spec in r.disks:
             check_cmdline(cmdline(r, spec.console), spec.cmdline_max, f"disks.{spec.name}")
-        return {recipe.RECIPE: sha256_file(settings.root / recipe.RECIPE)}
+        return {recipe.RECIPE: sha256_file(settings.assets_dir / recipe.RECIPE)}
 
-    def compile(self, settings: Settings, out: Path) -> CompiledApp:
-        return erlang.compile_app(settings.app_dir, out, cwd=settings.root)
+    def compile(self, settings: Settings, source: Source, work: Path) -> Artifact:
+        return release.build_release(settings, source, work)
 
     def build_image(self, ctx: BuildContext) -> dict[str, Any]:
-        return build_image(ctx, recipe.load(ctx.settings.root))
+        return build_image(ctx, recipe.load(ctx.settings.assets_dir))
 
 
 def cmdline(r: Recipe, console: str) -> str:
@@ -124,13 +128,15 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         tree.add_file(prog, Path(prog))
     host_libs = runtime.shared_libraries([Path(p) for p in HOST_PROGRAMS])
 
-    templates = settings.root / "templates"
-    vm_args = ctx.config_dir / "vm.args"
-    write_atomic(vm_args, render.render(templates, "vm.args.j2", ctx.template_context).encode())
-    wanted = {a: f"{recipe.RECIPE}: otp.applications" for a in r.otp_applications}
-    wanted.update({a: "pipeline.toml: image.extra_apps" for a in settings.image.extra_apps})
+    templates = settings.assets_dir / "templates"
     tc = erlang.host_toolchain()
-    rt = runtime.assemble(tree, tc, ctx.app, wanted, r.otp_programs, work)
+    vm_args = ctx.config_dir / "vm.args"
+    write_atomic(vm_args, compose_vm_args(templates, ctx))
+    # epmd (and the libraries it links) only when the VM arguments name the node: the launcher starts
+    # it then, and nothing needs it otherwise.
+    distributed = names_node(vm_args.read_text())
+    programs = tuple(p for p in r.otp_programs if p != "epmd" or distributed)
+    rt = runtime.assemble(tree, tc, ctx.app.directory, ctx.app.name, ctx.app.version, programs, work)
     for image_path, host_path in host_libs.items():
         tree.add_file(image_path, host_path)
     # What changes with the configuration (the build id, env and settings baked in) goes into a
@@ -208,12 +214,32 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
         "runtime": {
             "root": rt.root,
             "erts": rt.erts_version,
+            "own_erts": rt.own_erts,
+            "release": {"name": rt.release_name, "version": rt.release_version},
             "applications": rt.applications,
             "libraries": list(rt.libraries),
             "size": rt.size,
         },
         "disks": disks,
     }
+
+
+def compose_vm_args(templates: Path, ctx: BuildContext) -> bytes:
+    """The image's VM arguments (``templates/vm.args.j2``) followed by the app's own (its
+    ``config/vm.args.j2`` or its release's ``vm.args``), which therefore win where both set a flag."""
+    context = {**ctx.template_context, "erlang_root": runtime.ROOT}
+    text = render.render(templates, "vm.args.j2", context).encode()
+    own = ctx.config_dir / "app.vm.args"
+    if own.is_file():
+        text += b"## The app's own VM arguments:\n" + own.read_bytes()
+        if not text.endswith(b"\n"):
+            text += b"\n"
+    return text
+
+
+def names_node(vm_args: str) -> bool:
+    """Whether VM arguments start distribution (``-name`` or ``-sname`` outside a comment)."""
+    return any(line.split()[:1] in (["-name"], ["-sname"]) for line in vm_args.splitlines())
 
 
 def _modules(tree: initramfs.Tree, index: kmod.ModuleIndex, r: Recipe) -> list[dict[str, Any]]:
@@ -246,7 +272,7 @@ def _disk(
         disk.uefi_disk(image, {"/EFI/BOOT/BOOTX64.EFI": uki}, seed=_disk_seed(ctx, spec.name))
         return describe(ctx.out, image, spec.name, "hvm", "uefi")
     menu = render.render(
-        ctx.settings.root / "templates",
+        ctx.settings.assets_dir / "templates",
         "menu.lst.j2",
         {
             **ctx.template_context,

@@ -9,10 +9,11 @@ A build:
 1. probes the toolchain (``erl`` release, ``railing -v``, ``ld``) and refuses anything but OTP 17
    and a Xen railing, and, when the image mounts its scratch volume, a LING core without the disk
    driver (``vmling.py``);
-2. compiles the app with that OTP (``pipeline/erl/build_app.escript``, run on the build host) and
-   removes what OTP 17 stamps into each beam (``beamfile.py``);
-3. stages the project as railing expects (``ebin/`` with the .app and beams, ``priv/`` with the
-   rendered sys.config), renders the boot line (``templates/ling.bootline.j2``; at most 1023
+2. compiles the app and its dependencies with that OTP (``pipeline/erl/build_app.escript``, run
+   on the build host), removes what OTP 17 stamps into each beam (``beamfile.py``) and stages them
+   as railing expects (``ling_project.py``: ``ebin/`` and ``priv/`` of the app, ``lib/NAME/ebin``
+   of the others, ``-l`` for OTP's applications);
+3. adds the baked sys.config to ``priv/``, renders the boot line (``templates/ling.bootline.j2``; at most 1023
    characters, Xen's limit) and runs ``railing image -n NAME -m MB -e EXTRA -i priv -l LIB...``;
 4. verifies the image (``elfcheck.py``) and railing's domain_config against the boot line;
 5. writes the PV disk EC2 boots through PV-GRUB (``disk.pv_disk``, shared with the beam target).
@@ -27,15 +28,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline import blocks, erlang, render, ui
+from pipeline import blocks, render, ui
 from pipeline.config import LingSettings, Settings
-from pipeline.erlang import BUILD_APP_SCRIPT, CompiledApp
-from pipeline.errors import CompileError, ImageError, ToolFailed, ToolMissing
-from pipeline.images import BuildContext, beamfile, devices, disk, elfcheck, vmling
+from pipeline.erlang import Artifact
+from pipeline.errors import ImageError, ToolFailed, ToolMissing
+from pipeline.images import BuildContext, devices, disk, elfcheck, ling_project, vmling
 from pipeline.manifest import sha256_file, write_atomic
 from pipeline.remote import Host, open_host, workdir
+
+if TYPE_CHECKING:
+    from pipeline.release import Source
 
 log = logging.getLogger(__name__)
 
@@ -179,56 +183,34 @@ class LingTarget:
     def input_files(self, settings: Settings) -> dict[str, str]:
         return {}
 
-    def compile(self, settings: Settings, out: Path) -> CompiledApp:
-        """Compile the app with the toolchain's OTP 17, on the build host; bring the ebin back."""
+    def compile(self, settings: Settings, source: Source, work: Path) -> Artifact:
+        """Compile the app and its dependencies with the toolchain's OTP 17 and stage them for
+        railing (``ling_project.py``)."""
         tc = self.toolchain(settings)
-        rel = settings.app.path.strip("/")
-        with tempfile.TemporaryDirectory(dir=_local_base(settings, create=True), prefix="ling-src.") as tmp:
-            src = Path(tmp)
-            _copy_sources(settings.app_dir, src / rel)
-            shutil.copy2(BUILD_APP_SCRIPT, src / BUILD_APP_SCRIPT.name)
-            with open_host(settings.ling, _local_base(settings)) as host, workdir(host, "ling-compile") as wd:
-                host.upload(src, wd)
-                try:
-                    summary = host.run(
-                        [tc.tool("escript"), BUILD_APP_SCRIPT.name, rel, "out"],
-                        cwd=wd,
-                        path=tc.otp_bin,
-                        what="erlc",
-                    )
-                except ToolFailed as err:
-                    raise CompileError(
-                        erlang.compile_failure(err), hint="fix the Erlang source and run the build again"
-                    ) from err
-                app = erlang.parse_summary(summary, out)
-                host.download_tree(f"{wd}/out/{app.directory.name}/ebin", app.ebin)
-        # OTP 17 stamps each beam with the time and the build host's path; railing keeps both.
-        beamfile.normalise_dir(app.ebin)
-        priv = settings.app_dir / "priv"
-        if priv.is_dir():
-            shutil.copytree(priv, app.directory / "priv", dirs_exist_ok=True)
-        refuse_nifs(app)
-        return app
+        return ling_project.compile_project(settings, source, tc, work, _local_base(settings, create=True))
 
     def build_image(self, ctx: BuildContext) -> dict[str, Any]:
         s = ctx.settings
         tc = self.toolchain(s)
         app = ctx.app
-        refuse_nifs(app)
+        modules = tuple(app.details["modules"])
         project = app.name
         out = ctx.out / "ling"
         image = out / f"{project}.img"
         domain_config = out / "domain_config"
         sys_config = (ctx.config_dir / "sys.config").read_bytes()
-        libs = required_libs(app, s.image.extra_apps)
+        libs = list(app.details["libs"])
         with tempfile.TemporaryDirectory(dir=_local_base(s, create=True), prefix="ling-stage.") as tmp:
             stage = Path(tmp) / project
-            stage_project(app, sys_config, stage)
-            context = {**ctx.template_context, "ling": boot_context(s, app, project, stage)}
+            shutil.copytree(app.directory, stage)
+            write_atomic(stage / "priv" / "sys.config", sys_config)
+            context = {**ctx.template_context, "ling": boot_context(s, app.main_app, modules, project, stage)}
             extra = _one_line(
-                render.render(s.root / "templates", "ling.bootline.j2", _part(context, "extra"))
+                render.render(s.assets_dir / "templates", "ling.bootline.j2", _part(context, "extra"))
             )
-            line = _one_line(render.render(s.root / "templates", "ling.bootline.j2", _part(context, "line")))
+            line = _one_line(
+                render.render(s.assets_dir / "templates", "ling.bootline.j2", _part(context, "line"))
+            )
             check_boot_line(line)
             args = ["image", "-n", project, "-m", str(s.image.memory_mb), "-e", extra, "-i", "priv"]
             for lib in libs:
@@ -251,9 +233,9 @@ class LingTarget:
             (out / vmling.CORE).unlink()
         expected = elfcheck.Expected(
             project=project,
-            app=app.name,
-            modules=app.modules,
-            app_file=(app.ebin / f"{app.name}.app").read_bytes(),
+            app=app.main_app,
+            modules=modules,
+            app_file=(app.directory / "ebin" / f"{app.main_app}.app").read_bytes(),
             sys_config=sys_config,
             libs=(*ALWAYS_EMBEDDED, *libs),
         )
@@ -261,7 +243,7 @@ class LingTarget:
         check_domain_config(domain_config, project, s.image.memory_mb, line)
         kernel_path = f"/boot/{image.name}"
         menu_lst = render.render(
-            s.root / "templates",
+            s.assets_dir / "templates",
             "ling.menu.lst.j2",
             {**context, "ling": {**context["ling"], "kernel_path": kernel_path, "boot_line": line}},
         )
@@ -286,43 +268,13 @@ class LingTarget:
 # -- steps (pure or local-only) ---------------------------------------------------------------------
 
 
-def refuse_nifs(app: CompiledApp) -> None:
-    if app.nif_modules:
-        mods = ", ".join(app.nif_modules)
-        raise CompileError(
-            f"{app.name}: module{'s' if len(app.nif_modules) > 1 else ''} {mods} load NIFs "
-            "(erlang:load_nif/2), and LING has no NIF support",
-            hint='remove the NIF or build with image.target = "beam"',
-        )
-
-
-def required_libs(app: CompiledApp, extra_apps: tuple[str, ...]) -> list[str]:
-    """OTP applications railing must embed with ``-l`` besides kernel and stdlib, in a stable order."""
-    out: list[str] = []
-    for name in (*app.applications, *extra_apps):
-        if name not in ALWAYS_EMBEDDED and name != app.name and name not in out:
-            out.append(name)
-    return out
-
-
-def stage_project(app: CompiledApp, sys_config: bytes, stage: Path) -> None:
-    """Lay out the project railing packs: ``ebin/`` (.app and beams only) and ``priv/`` (+ sys.config)."""
-    ebin = stage / "ebin"
-    ebin.mkdir(parents=True)
-    for f in sorted(app.ebin.iterdir()):
-        if f.suffix in (".app", ".beam"):
-            shutil.copy2(f, ebin / f.name)
-    priv = stage / "priv"
-    if (app.directory / "priv").is_dir():
-        shutil.copytree(app.directory / "priv", priv)
-    write_atomic(priv / "sys.config", sys_config)
-
-
-def boot_context(settings: Settings, app: CompiledApp, project: str, stage: Path) -> dict[str, Any]:
+def boot_context(
+    settings: Settings, app: str, modules: tuple[str, ...], project: str, stage: Path
+) -> dict[str, Any]:
     """What ``templates/ling.bootline.j2`` needs, mirroring where railing mounts the staged files."""
     # railing mounts every directory holding a packed file at /<project>/<dir> and puts all of them
-    # on -pz: the ebin/*.{app,beam} files plus everything under -i priv.
-    packed = [p for p in (stage / "ebin").glob("*") if p.suffix in (".app", ".beam")]
+    # on -pz: the **/ebin/*.{app,beam} files plus everything under -i priv.
+    packed = [p for p in stage.rglob("*") if p.parent.name == "ebin" and p.suffix in (".app", ".beam")]
     packed += [p for p in (stage / "priv").rglob("*") if p.is_file()]
     dirs = sorted({p.parent.relative_to(stage).as_posix() for p in packed})
     return {
@@ -330,18 +282,18 @@ def boot_context(settings: Settings, app: CompiledApp, project: str, stage: Path
         "code_path": [f"/{project}/{d}" for d in dirs],
         "config_path": f"/{project}/priv/sys.config",
         "goofs": devices.ling_goofs(settings.app.storage),
-        "start_module": start_module(app),
+        "start_module": start_module(app, modules),
     }
 
 
-def start_module(app: CompiledApp) -> str:
+def start_module(app: str, modules: tuple[str, ...]) -> str:
     """The module whose ``start/0`` starts the app (``-s``): ``<app>`` if it exists, else ``<app>_app``."""
-    for name in (app.name, f"{app.name}_app"):
-        if name in app.modules:
+    for name in (app, f"{app}_app"):
+        if name in modules:
             return name
     raise ImageError(
-        f"{app.name}: neither module {app.name} nor {app.name}_app exists, so the boot line has no -s module",
-        hint=f"add a start/0 that calls application:ensure_all_started({app.name}) to {app.name}_app",
+        f"{app}: neither module {app} nor {app}_app exists, so the boot line has no -s module",
+        hint=f"add a start/0 that calls application:ensure_all_started({app}) to {app}_app",
     )
 
 
@@ -397,16 +349,6 @@ def _part(context: dict[str, Any], part: str) -> dict[str, Any]:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _copy_sources(app_dir: Path, dest: Path) -> None:
-    """The app's sources as build_app.escript reads them (no build output)."""
-    dest.mkdir(parents=True)
-    for name in ("src", "include", "priv"):
-        if (app_dir / name).is_dir():
-            shutil.copytree(app_dir / name, dest / name)
-    if (app_dir / "rebar.config").is_file():
-        shutil.copy2(app_dir / "rebar.config", dest / "rebar.config")
 
 
 def _local_paths(settings: Settings) -> LingSettings:

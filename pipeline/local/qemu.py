@@ -241,7 +241,7 @@ class Vm:
             s.settimeout(5)
             s.connect(str(self.work / "qmp.sock"))
             f = s.makefile("rwb")
-            json.loads(f.readline())  # greeting
+            json.loads(f.readline())  # QMP's hello
             for cmd in ({"execute": "qmp_capabilities"}, {"execute": command, "arguments": arguments}):
                 f.write(json.dumps(cmd).encode() + b"\n")
                 f.flush()

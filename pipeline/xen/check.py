@@ -146,8 +146,8 @@ def check(
     inspected = pvdisk.inspect(disk) if validate else None
     if inspected is not None:
         timer.lap("validate", f"{inspected.menu_lst}: {inspected.entry.kernel} ({inspected.kernel.packing})")
-    r = recipe.load(settings.root)
-    test_host = xenhost.prepare(settings.root, r, cache)
+    r = recipe.load(settings.assets_dir)
+    test_host = xenhost.prepare(settings.assets_dir, r, cache)
     timer.lap("test host", f"{test_host.directory}")
     with instance_disks(settings, disk) as instance:
         say(
@@ -200,7 +200,7 @@ def running(
     machine = XenMachine(
         test_host,
         r,
-        settings.root / "templates",
+        settings.assets_dir / "templates",
         guests,
         run_dir,
         guest_memory_mb=settings.image.memory_mb,

@@ -49,6 +49,7 @@ def tiny_app(
     """Write a rebar3-layout OTP app; return its directory."""
     src = app_dir / "src"
     src.mkdir(parents=True, exist_ok=True)
+    (app_dir / "rebar.config").write_text("{erl_opts, [debug_info]}.\n")
     (src / f"{name}.app.src").write_text(APP_SRC.replace("NAME", name))
     (src / f"{name}_app.erl").write_text(APP_MODULE.replace("NAME", name))
     util = UTIL_MODULE.replace("NAME", name)
@@ -69,7 +70,7 @@ def ling_project(dest: Path, name: str = "tinyapp", **app_options: bool | int) -
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "pipeline.toml").write_text(
         f'default_env = "dev"\n[app]\nname = "{name}"\npath = "apps/{name}"\n'
-        f'[image]\ntarget = "ling"\n[env.dev.app]\ngreeting = "tiny"\n'
+        f'[image]\ntarget = "ling"\n[env.dev.app.config]\ngreeting = "tiny"\n'
     )
     shutil.copytree(REPO / "templates", dest / "templates", dirs_exist_ok=True)
     tiny_app(dest / "apps" / name, name, **app_options)  # type: ignore[arg-type]

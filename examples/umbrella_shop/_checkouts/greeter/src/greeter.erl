@@ -1,0 +1,5 @@
+-module(greeter).
+-export([greet/1]).
+
+greet(Text) ->
+    <<"*** ", (string:trim(Text))/binary, " ***">>.
