@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,9 +35,15 @@ SET_HELP = "override a setting for this run, e.g. --set app.greeting=Hi (repeata
 COMMON_HELP = {"env": ENV_HELP, "set": SET_HELP}
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI system cancelling the job) acts like Ctrl-C
+
+
 @contextmanager
 def failures() -> Iterator[None]:
-    """Turn pipeline errors into a one-line message on stderr and exit status 1."""
+    """Turn pipeline errors into a one-line message on stderr and exit status 1; SIGTERM acts like
+    Ctrl-C (a deploy rolls back, an upload stops cleanly)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except PipelineError as err:
@@ -424,7 +431,14 @@ def status(c: Context, env: str | None = None, set_: list[str] | None = None, js
             ui.result(st.record() if st else None)
 
 
-@task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
+@task(
+    iterable=["set_"],
+    help={
+        **DEPLOY_HELP,
+        "to": "a build id (or its start) from invoke history, or blue|green: the release to return to "
+        "(default: the last live release)",
+    },
+)
 def rollback(
     c: Context,
     env: str | None = None,
@@ -433,19 +447,36 @@ def rollback(
     dry_run: bool = False,
     to: str | None = None,
 ) -> None:
-    """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
+    """Return to the last live release (its AMI goes back on the idle colour if needed), health-gated."""
+    import re
+
     from pipeline.aws import deploy as deployer
+    from pipeline.aws import rollback as back
     from pipeline.aws import status as stack_status
-    from pipeline.aws.tags import COLORS
 
     with failures():
-        color = next((c for c in COLORS if c == to), None)
-        if to is not None and color is None:
-            raise ConfigError(f'--to: expected "blue" or "green", got "{to}"')
+        if to is not None and to not in ("blue", "green") and not re.fullmatch(r"[0-9a-f]{4,64}", to):
+            raise ConfigError(
+                f'--to: expected a build id (hex, as invoke history shows it) or "blue"/"green", got "{to}"'
+            )
         s = load(env, set_)
         clients = _clients(s)
-        outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
+        outcome = back.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), to, dry_run)
         stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "json": "print the history as JSON on stdout"})
+def history(c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False) -> None:
+    """The environment's releases, newest first: build, AMI, when it went live, how it ended."""
+    from pipeline.aws import rollback as back
+    from pipeline.aws.tags import stack_name
+
+    with failures():
+        s = load(env, set_)
+        r = back.releases(s, _clients(s))
+        back.show_history(r, stack_name(s.app.name, s.env))
+        if json:
+            ui.result(r.record() if r else None)
 
 
 @task(iterable=["set_"], help=DEPLOY_HELP)
@@ -540,7 +571,7 @@ xen = Collection("xen")
 xen.add_task(xen_check, name="check")
 
 ns = Collection(
-    build, run, ami, deploy, plan, status, rollback, destroy, gc, synth, iam_policy, settings, test
+    build, run, ami, deploy, plan, status, rollback, history, destroy, gc, synth, iam_policy, settings, test
 )
 ns.add_collection(local)
 ns.add_collection(xen)

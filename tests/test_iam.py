@@ -17,7 +17,7 @@ import pytest
 from awstest import FakeClock, Recorder, new_session
 
 from pipeline import config
-from pipeline.aws import ami, deploy, gc, iam, provenance, stack
+from pipeline.aws import ami, deploy, gc, iam, provenance, rollback, stack
 from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.config import Settings
@@ -298,7 +298,7 @@ def run_cycle(releases: TwoReleases, user: boto3.Session, rec: Recorder | None =
     deploy.deploy(s2, clients, rt)
     deploy.deploy(s2, clients, rt)
     assert stack_status.status(s2, clients) is not None
-    deploy.rollback(s2, clients, rt)
+    rollback.rollback(s2, clients, rt)
     gone = stack_status.destroy(s2, clients, rt)
     assert gone.collectable is not None and len(gone.collectable.removals) == 2  # v1's image and snapshot
     assert gc.apply(clients, s2, gone.collectable) == []

@@ -245,6 +245,8 @@ def blueprint(p: StackParams) -> Template:
         )
     )
 
+    history = _history_parameter(t)
+
     t.add_condition("BlueIsLive", Equals(Ref("BlueWeight"), "100"))
     t.add_condition("GreenIsLive", Equals(Ref("GreenWeight"), "100"))
     port_suffix = "" if p.listener_port == 80 else f":{p.listener_port}"
@@ -261,9 +263,26 @@ def blueprint(p: StackParams) -> Template:
                 Description="the colour with all the traffic, or shifting",
                 Value=If("BlueIsLive", "blue", If("GreenIsLive", "green", "shifting")),
             ),
+            # The history is an output too: an update that changes only the history then changes
+            # the stack's outputs, which CloudFormation performs (an unused parameter alone it may
+            # report as "no updates").
+            Output("ReleaseHistory", Description="the releases (see invoke history)", Value=Ref(history)),
         ]
     )
     return t
+
+
+def _history_parameter(t: Template) -> Parameter:
+    """The release history (:mod:`pipeline.aws.history`): written by the pipeline with every update."""
+    return t.add_parameter(
+        Parameter(
+            "History",
+            Type="String",
+            Default="",
+            MaxLength=4096,  # CloudFormation's limit for a parameter value
+            Description="release history kept by the pipeline (invoke history shows it; do not edit)",
+        )
+    )
 
 
 def _color_parameters(t: Template, color: Color) -> dict[str, Parameter]:

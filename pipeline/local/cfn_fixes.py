@@ -5,6 +5,11 @@ moto creates an ``AWS::EC2::RouteTable`` from a template but has no way to delet
 stack with its own VPC fails with ``DependencyViolation`` on the VPC (the route table is still in it).
 :func:`apply` gives moto's route table the delete that CloudFormation performs on AWS. It must run in
 the process that serves the local AWS (it changes moto's in-memory classes); it is idempotent.
+
+moto updates an Auto Scaling group by deleting and creating it again. When the create fails (a bad
+subnet, say), the stack still names the group it deleted, and every later update or rollback of
+the stack fails with "AutoScalingGroup name not found". CloudFormation counts a resource that is
+already gone as deleted; so does the local AWS after :func:`apply`.
 """
 
 from __future__ import annotations
@@ -29,3 +34,17 @@ def apply() -> None:
 
     RouteTable.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
     RouteTable._pipeline_cfn_delete = True  # type: ignore[attr-defined]
+    _tolerate_deleted_groups()
+
+
+def _tolerate_deleted_groups() -> None:
+    from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends
+
+    def delete_from_cloudformation_json(
+        cls: type, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        backend: Any = autoscaling_backends[account_id][region_name]
+        if resource_name in backend.autoscaling_groups:
+            backend.delete_auto_scaling_group(resource_name)
+
+    FakeAutoScalingGroup.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
