@@ -517,13 +517,28 @@ def synth(c: Context) -> None:
             ui.done("cfn/ is up to date")
 
 
-@task(iterable=["set_"], help={**COMMON_HELP, "account": "12-digit account id for the ARNs (default: any)"})
-def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*") -> None:
-    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON."""
-    from pipeline.aws import iam
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "account": "12-digit account id for the ARNs (default: any)",
+        "role": "print the policy of the environment's CloudFormation service role instead",
+    },
+)
+def iam_policy(
+    c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*", role: bool = False
+) -> None:
+    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON (an alias in
+    ami.kms_key_id is resolved to its key's ARN through AWS)."""
+    from pipeline.aws import bootstrap, iam, service_role
 
     with failures():
-        ui.result(iam.policy_json(load(env, set_), account))
+        s = load(env, set_)
+        if role:
+            ui.result(iam.to_json(service_role.policy(s, account)))
+            return
+        key = bootstrap.resolve_key(s, _clients(s)) if s.ami.kms_key_id else None
+        ui.result(iam.policy_json(s, account, key))
 
 
 @task(

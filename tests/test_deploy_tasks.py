@@ -118,15 +118,26 @@ def test_synth_and_iam_policy_tasks(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "proj")
     synth = invoke(root, "synth")
     assert synth.returncode == 0, synth.stderr
-    assert sorted(p.name for p in (root / "cfn").iterdir()) == ["erlang-web-dev.json", "erlang-web-prod.json"]
+    assert sorted(p.name for p in (root / "cfn").iterdir()) == [
+        "erlang-web-dev-role.json",  # the bootstrap stack of each environment's service role
+        "erlang-web-dev.json",
+        "erlang-web-prod-role.json",
+        "erlang-web-prod.json",
+    ]
     assert "wrote cfn/erlang-web-dev.json" in synth.stderr
     again = invoke(root, "synth")
     assert "cfn/ is up to date" in again.stderr
     policy = invoke(root, "iam-policy", "--env", "prod", "--account", "123456789012")
     assert policy.returncode == 0, policy.stderr
     doc = json.loads(policy.stdout)
-    stack = next(s for s in doc["Statement"] if s["Sid"] == "Stack")
+    stack = next(s for s in doc["Statement"] if s["Sid"] == "StackChanges")
     assert stack["Resource"] == ["arn:aws:cloudformation:us-east-1:123456789012:stack/erlang-web-prod/*"]
+    role = invoke(root, "iam-policy", "--env", "prod", "--account", "123456789012", "--role")
+    assert role.returncode == 0, role.stderr
+    statements = {s["Sid"] for s in json.loads(role.stdout)["Statement"]}
+    assert {"OwnBalancing", "LaunchOwnImages", "TagOnCreate"} <= statements
+    template = json.loads((root / "cfn" / "erlang-web-prod-role.json").read_text())
+    assert template["Resources"]["ServiceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
 
 
 @pytest.mark.slow  # a real beam build

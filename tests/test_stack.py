@@ -351,8 +351,10 @@ def test_synth_writes_one_template_per_environment_and_removes_stale_ones(tmp_pa
     (tmp_path / "cfn" / "old-stack.json").write_text("{}")
     changed = stack.synth(tmp_path)
     names = sorted(p.name for p in (tmp_path / "cfn").iterdir())
-    assert names == ["erlang-web-a.json", "erlang-web-b.json"]
-    assert {p.name for p in changed} == {"erlang-web-a.json", "erlang-web-b.json", "old-stack.json"}
+    # per environment its stack and the bootstrap stack of its CloudFormation service role
+    wanted = ["erlang-web-a-role.json", "erlang-web-a.json", "erlang-web-b-role.json", "erlang-web-b.json"]
+    assert names == wanted
+    assert {p.name for p in changed} == {*wanted, "old-stack.json"}
     b = json.loads((tmp_path / "cfn" / "erlang-web-b.json").read_text())
     assert b["Resources"]["Listener"]["Properties"]["Port"] == 8000
     assert stack.synth(tmp_path) == []  # nothing to do the second time

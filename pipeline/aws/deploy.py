@@ -227,7 +227,7 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     # unattended. Changing a live release (a later deploy, rollback, destroy) asks first.
     d.preflight(capacity(s))
     if info is not None:  # REVIEW_IN_PROGRESS: an empty stack left by a change set; it holds nothing
-        cfn.delete(d.cf, info.stack_id)
+        cfn.delete(d.cf, info.stack_id, d.role())
         cfn.wait(d.cf, info.stack_id, d.events(info.stack_id), d.waiter, "delete of the empty stack")
     d.history, entry = history.start((), "deploy", release, "blue", d.runtime.now())
     d.create(state)
@@ -276,7 +276,7 @@ def _show_changes(
 ) -> None:
     _, wanted = d.wanted(state)
     listed = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(wanted.items())]
-    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, listed, d.waiter)
+    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, listed, d.waiter, d.role())
     if changes:
         ui.table(
             f"plan: {label}",

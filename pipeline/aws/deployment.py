@@ -77,6 +77,7 @@ class Deployment:
         # The stack as it was before this run changed it: what a rollback restores.
         self.original: cfn.StackInfo | None = None
         self.original_template = ""
+        self._role = ""
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -150,13 +151,25 @@ class Deployment:
 
     # -- changing ---------------------------------------------------------------------------------------
 
+    def role(self) -> str:
+        """The ARN of the CloudFormation service role every stack call passes (made on the local AWS
+        when it is missing; on AWS an administrator deploys it)."""
+        if not self._role:
+            from pipeline.aws import bootstrap
+
+            local = self.settings.aws.endpoint == "local"
+            self._role = bootstrap.ensure_role(self.settings, self.clients, self.waiter, create=local)
+        return self._role
+
     def events(self, stack_id: str) -> cfn.EventStream:
         return cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]")).open()
 
     def create(self, state: StackState) -> None:
         ui.say(f"creating stack {self.name}")
         _, wanted = self.wanted(state)
-        stack_id = cfn.create(self.cf, self.name, self.template, _listed(wanted), self.stack_tags)
+        stack_id = cfn.create(
+            self.cf, self.name, self.template, _listed(wanted), self.stack_tags, self.role()
+        )
         self.template_sent = True
         events = cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]"))
         self.info = cfn.wait(self.cf, stack_id, events, self.waiter, "create")
@@ -195,7 +208,7 @@ class Deployment:
             return
         ui.say(f"stack update: {label}")
         events = self.events(info.stack_id)
-        changed = cfn.update(self.cf, self.name, template, _listed(wanted), self.stack_tags)
+        changed = cfn.update(self.cf, self.name, template, _listed(wanted), self.stack_tags, self.role())
         self.template_sent = template == self.template
         if changed:
             self.info = cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")

@@ -199,6 +199,8 @@ def blueprint(p: StackParams) -> Template:
                     ),
                 )
             ],
+            # The stack's tags let its CloudFormation service role add rules to this listener only.
+            Tags=Tags(**common),
         )
     )
 
@@ -219,6 +221,7 @@ def blueprint(p: StackParams) -> Template:
                     )
                 ],
                 Actions=[elb.ListenerRuleAction(Type="forward", TargetGroupArn=Ref(groups[color]))],
+                Tags=Tags(**common),
             )
         )
     t.add_resource(
@@ -242,6 +245,7 @@ def blueprint(p: StackParams) -> Template:
                     ),
                 )
             ],
+            Tags=Tags(**common),
         )
     )
 
@@ -510,13 +514,19 @@ CFN_DIR = "cfn"
 
 
 def committed_templates(root: Path) -> dict[Path, str]:
-    """The templates ``invoke synth`` writes: one per environment in pipeline.toml, by stack name."""
+    """The templates ``invoke synth`` writes: per environment in pipeline.toml, the stack's (by stack
+    name) and the bootstrap stack's with its CloudFormation service role (``<stack>-role.json``)."""
     from pipeline import config
+    from pipeline.aws import service_role
 
     out: dict[Path, str] = {}
     for env in environments(root):
-        p = params_for(config.load(root, env=env))
+        settings = config.load(root, env=env)
+        p = params_for(settings)
         out[root / CFN_DIR / f"{p.stack_name}.json"] = render(p)
+        out[root / CFN_DIR / f"{service_role.bootstrap_stack_name(settings)}.json"] = service_role.template(
+            settings
+        )
     return out
 
 

@@ -178,7 +178,7 @@ def destroy(
             "destroy not confirmed: nothing was deleted", hint="pass --yes to skip the question"
         )
     events = d.events(info.stack_id)
-    cfn.delete(d.cf, info.stack_id)
+    cfn.delete(d.cf, info.stack_id, d.role())
     cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
     ui.done(f"stack {d.name} deleted")
     return Destroyed(d.name, True, gc.plan(clients, settings))
