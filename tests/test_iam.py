@@ -251,7 +251,21 @@ def test_the_bootstrap_template_makes_the_role_with_that_policy_for_cloudformati
             "Principal": {"Service": ["cloudformation.amazonaws.com"]},
         }
     ]
-    assert props["Policies"][0]["PolicyDocument"] == json.loads(service_role.policy(s).to_json())
+
+    # the ARNs name the account and region it is deployed in; there, it is the role's policy
+    def deployed_in(value: Any, region: str) -> Any:
+        if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+            return value["Fn::Sub"].replace("${AWS::Region}", region).replace("${AWS::AccountId}", ACCOUNT)
+        if isinstance(value, list):
+            return [deployed_in(v, region) for v in value]
+        if isinstance(value, dict):
+            return {k: deployed_in(v, region) for k, v in value.items()}
+        return value
+
+    document = props["Policies"][0]["PolicyDocument"]
+    assert deployed_in(document, REGION) == json.loads(service_role.policy(s, ACCOUNT).to_json())
+    elsewhere = config.load(REPO, env="dev", overrides=[*OVERRIDES, 'aws.region="eu-west-1"'])
+    assert deployed_in(document, "eu-west-1") == json.loads(service_role.policy(elsewhere, ACCOUNT).to_json())
     long = config.load(REPO, env="dev", overrides=['app.name="' + "x" * 60 + '"'])
     assert len(service_role.role_name(long)) <= 64
 

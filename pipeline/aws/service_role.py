@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from awacs import autoscaling as asg
@@ -406,7 +407,8 @@ def trust_policy() -> PolicyDocument:
 
 
 def template(settings: Settings) -> str:
-    """The bootstrap stack's template: the role, with its policy inline (JSON, sorted keys)."""
+    """The bootstrap stack's template: the role, with its policy inline (JSON, sorted keys). The ARNs
+    name the account and region the stack is deployed in (``Fn::Sub``), so one template serves any."""
     t = Template(
         Description=f"{tags.stack_name(settings.app.name, settings.env)}: the role CloudFormation uses "
         "for the pipeline's stack (deploy once: see the README)"
@@ -417,13 +419,26 @@ def template(settings: Settings) -> str:
             RoleName=role_name(settings),
             Description="CloudFormation's permissions for the resources of one pipeline stack",
             AssumeRolePolicyDocument=json.loads(trust_policy().to_json()),
-            Policies=[
-                tiam.Policy(
-                    PolicyName="stack-resources", PolicyDocument=json.loads(policy(settings).to_json())
-                )
-            ],
+            Policies=[tiam.Policy(PolicyName="stack-resources", PolicyDocument=_deployed_policy(settings))],
             Tags=Tags(**tags.scope(settings.app.name, settings.env)),
         )
     )
     text: str = t.to_json(indent=2, sort_keys=True)
     return text + "\n"
+
+
+def _deployed_policy(settings: Settings) -> Any:
+    """The role's policy with ``${AWS::AccountId}`` and ``${AWS::Region}`` in its ARNs."""
+    anywhere = replace(settings, aws=replace(settings.aws, region="${AWS::Region}"))
+    doc = json.loads(policy(anywhere, "${AWS::AccountId}").to_json())
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, str) and "${AWS::" in value:
+            return {"Fn::Sub": value}
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        return value
+
+    return sub(doc)
