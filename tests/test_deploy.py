@@ -185,7 +185,8 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
     assert (out.action, out.live, out.build_id, out.image_id) == ("created", "blue", b1.build_id, ami1)
     assert w.questions == []
     assert [colors(p) for p in rec.stack_parameter_sets(mark)] == [
-        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")}
+        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")},
+        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")},  # healthy and baked: recorded live
     ]
     assert w.images_running("blue") == {ami1}
     assert w.rule_weights() == {"blue": 100, "green": 0}

@@ -153,7 +153,8 @@ def test_quick_start_twice_then_destroy_gc_and_down(
     first = invoke(root, "build", *sets, "ami", *sets, "deploy", *sets)
     assert first.returncode == 0, first.stderr
     assert "is live on blue" in first.stderr
-    table = first.stderr[first.stderr.rindex("stack erlang-web-dev: CREATE_COMPLETE") :]
+    # (UPDATE_COMPLETE: once the release had baked, an update recorded it live)
+    table = first.stderr[first.stderr.rindex("stack erlang-web-dev: UPDATE_COMPLETE") :]
     assert "blue (live)" in table and table.rstrip().endswith("┘")  # the status table comes last
     changes = len(journal.read_text().splitlines())
 
