@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,10 +45,16 @@ SET_HELP = "override a setting for this run, e.g. --set app.config.motd=Hi (repe
 COMMON_HELP = {"env": ENV_HELP, "set": SET_HELP}
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (a CI system cancelling the job) acts like Ctrl-C
+
+
 @contextmanager
 def failures() -> Iterator[None]:
     """Turn pipeline errors into a one-line message on stderr and exit status 1. A file system error
-    that escaped the pipeline's own handling (a path it was given, a full disk) is one line too."""
+    that escaped the pipeline's own handling (a path it was given, a full disk) is one line too.
+    SIGTERM acts like Ctrl-C (a deploy rolls back, an upload stops cleanly)."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except PipelineError as err:
@@ -318,7 +325,6 @@ def run(
     check: bool = False,
 ) -> None:
     """Boot the built image in QEMU and wait for it to answer; Ctrl-C shuts it down."""
-    import signal
     import threading
 
     from pipeline.local import boot
@@ -342,11 +348,7 @@ def run(
                 code=1,
             )
 
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # a kill (SIGTERM) shuts the VM down like Ctrl-C
-
-    signal.signal(signal.SIGTERM, terminated)
-    with failures():
+    with failures():  # a kill (SIGTERM) shuts the VM down like Ctrl-C
         host_port = _whole("port", port, lo=1, hi=65535)  # invoke hands the flag over as a string
         scratch_file = _scratch_file(scratch)
         s = load(env, set_)
@@ -590,7 +592,14 @@ def logs(
             consoles.show(clients, s, write, color, instance, lines)
 
 
-@task(iterable=["set_"], help={**DEPLOY_HELP, "to": "the colour to return to (needed when traffic is split)"})
+@task(
+    iterable=["set_"],
+    help={
+        **DEPLOY_HELP,
+        "to": "a build id (or its start) from invoke history, or blue|green: the release to return to "
+        "(default: the last live release)",
+    },
+)
 def rollback(
     c: Context,
     env: str | None = None,
@@ -599,22 +608,38 @@ def rollback(
     dry_run: bool = False,
     to: str | None = None,
 ) -> None:
-    """Return to the previous release (kept on the idle colour): scale it up, wait healthy, flip weights."""
+    """Return to the last live release (its AMI goes back on the idle colour if needed), health-gated."""
+    import re
+
     from pipeline.aws import deploy as deployer
+    from pipeline.aws import rollback as back
     from pipeline.aws import status as stack_status
-    from pipeline.aws.tags import COLORS
 
     with failures():
-        color = next((c for c in COLORS if c == to), None)
-        if to is not None and color is None:
+        if to is not None and to not in ("blue", "green") and not re.fullmatch(r"[0-9a-f]{4,64}", to):
             raise ConfigError(
-                f'--to: expected "blue" or "green", got {rules.show(to)}',
-                hint="invoke status shows which colour runs which build",
+                f'--to: expected a build id (hex, as invoke history shows it) or "blue"/"green", got '
+                f"{rules.show(to)}",
+                hint="invoke history lists the releases that went live",
             )
         s = load(env, set_)
         clients = _clients(s)
-        outcome = deployer.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), color, dry_run)
+        outcome = back.rollback(s, clients, deployer.Runtime(confirm=_confirm(yes)), to, dry_run)
         stack_status.show_status(stack_status.status(s, clients), outcome.stack)
+
+
+@task(iterable=["set_"], help={**COMMON_HELP, "json": "print the history as JSON on stdout"})
+def history(c: Context, env: str | None = None, set_: list[str] | None = None, json: bool = False) -> None:
+    """The environment's releases, newest first: build, AMI, when it went live, how it ended."""
+    from pipeline.aws import rollback as back
+    from pipeline.aws.tags import stack_name
+
+    with failures():
+        s = load(env, set_)
+        r = back.releases(s, _clients(s))
+        back.show_history(r, stack_name(s.app.name, s.env))
+        if json:
+            ui.result(r.record() if r else None)
 
 
 @task(iterable=["set_"], help=DEPLOY_HELP)
@@ -655,15 +680,30 @@ def synth(c: Context) -> None:
             ui.done("cfn/ is up to date")
 
 
-@task(iterable=["set_"], help={**COMMON_HELP, "account": "12-digit account id for the ARNs (default: any)"})
-def iam_policy(c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*") -> None:
-    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON."""
-    from pipeline.aws import iam
+@task(
+    iterable=["set_"],
+    help={
+        **COMMON_HELP,
+        "account": "12-digit account id for the ARNs (default: any)",
+        "role": "print the policy of the environment's CloudFormation service role instead",
+    },
+)
+def iam_policy(
+    c: Context, env: str | None = None, set_: list[str] | None = None, account: str = "*", role: bool = False
+) -> None:
+    """Print the least-privilege IAM policy the pipeline needs (ami, deploy, gc) as JSON (an alias in
+    ami.kms_key_id is resolved to its key's ARN through AWS)."""
+    from pipeline.aws import bootstrap, iam, service_role
 
     with failures():
         if account != "*" and not rules.ACCOUNT_ID.ok(account):
             raise rules.bad_value("--account", rules.ACCOUNT_ID.expect, account, 'or "*" for any account')
-        ui.result(iam.policy_json(load(env, set_), account))
+        s = load(env, set_)
+        if role:
+            ui.result(iam.to_json(service_role.policy(s, account)))
+            return
+        key = bootstrap.resolve_key(s, _clients(s)) if s.ami.kms_key_id else None
+        ui.result(iam.policy_json(s, account, key))
 
 
 @task(
@@ -724,7 +764,8 @@ xen = Collection("xen")
 xen.add_task(xen_check, name="check")
 
 ns = Collection(
-    build, run, ami, deploy, plan, status, logs, rollback, destroy, gc, synth, iam_policy, settings, test
-)
+    build, run, ami, deploy, plan, status, logs, rollback, history, destroy, gc, synth, iam_policy, settings,
+    test,
+)  # fmt: skip
 ns.add_collection(local)
 ns.add_collection(xen)

@@ -86,7 +86,7 @@ class Recorder:
         return [
             {p["ParameterKey"]: p["ParameterValue"] for p in c.params["Parameters"]}
             for c in self.calls[since:]
-            if c.operation in ("CreateStack", "UpdateStack")
+            if c.operation in ("CreateStack", "UpdateStack") and "Parameters" in c.params
         ]
 
     def last_parameters(self) -> dict[str, str]:

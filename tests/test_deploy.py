@@ -17,7 +17,7 @@ import pytest
 from awstest import FakeClock, Recorder
 
 from pipeline import build, config, ui
-from pipeline.aws import ami, deploy, gc, provenance
+from pipeline.aws import ami, deploy, gc, history, provenance, rollback
 from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
@@ -185,7 +185,8 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
     assert (out.action, out.live, out.build_id, out.image_id) == ("created", "blue", b1.build_id, ami1)
     assert w.questions == []
     assert [colors(p) for p in rec.stack_parameter_sets(mark)] == [
-        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")}
+        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")},
+        {"blue": (ami1, "1", "100"), "green": (ami1, "0", "0")},  # healthy and baked: recorded live
     ]
     assert w.images_running("blue") == {ami1}
     assert w.rule_weights() == {"blue": 100, "green": 0}
@@ -208,9 +209,10 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
         {"blue": (ami1, "1", "90"), "green": (ami2, "1", "10")},
         {"blue": (ami1, "1", "50"), "green": (ami2, "1", "50")},
         {"blue": (ami1, "1", "0"), "green": (ami2, "1", "100")},
+        {"blue": (ami1, "1", "0"), "green": (ami2, "1", "100")},  # the history records v2 live
         {"blue": (ami1, "0", "0"), "green": (ami2, "1", "100")},  # blue keeps v1 for rollback
     ]
-    assert all(len(p) == 12 for p in sent)  # every parameter, every time
+    assert all(len(p) == 13 for p in sent)  # every parameter, every time (the history included)
     assert {p["GreenBuildId"] for p in sent} == {b2.build_id}
     calls = rec.since(mark)
     only_stack_updates_mutate(calls)
@@ -248,11 +250,12 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
 
     # rollback: blue comes back with v1, gets healthy, takes the traffic; green scales down after
     mark = rec.mark()
-    out = deploy.rollback(s2, clients, w.runtime())
+    out = rollback.rollback(s2, clients, w.runtime())
     assert (out.action, out.live, out.image_id) == ("rolled back", "blue", ami1)
     assert [colors(p) for p in rec.stack_parameter_sets(mark)] == [
         {"blue": (ami1, "1", "0"), "green": (ami2, "1", "100")},
         {"blue": (ami1, "1", "100"), "green": (ami2, "1", "0")},
+        {"blue": (ami1, "1", "100"), "green": (ami2, "1", "0")},  # the history records v1 live again
         {"blue": (ami1, "1", "100"), "green": (ami2, "0", "0")},
     ]
     only_stack_updates_mutate(rec.since(mark))
@@ -323,8 +326,13 @@ def test_health_lost_at_the_50_percent_step_rolls_back(live_v1: tuple[World, str
         DeployError, match=r"bake green at 50%: green \(build 2222222222bb\) became unhealthy"
     ):
         w.deploy(B2)
-    assert [colors(p)["green"][2] for p in w.rec.stack_parameter_sets(mark)] == ["0", "10", "50", "0"]
-    assert colors(w.rec.stack_parameter_sets(mark)[-1]) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
+    sent = [colors(p) for p in w.rec.stack_parameter_sets(mark)]
+    assert [c["green"][2] for c in sent] == ["0", "10", "50", "0", "0"]
+    # the weight moves back first, green's instances go in a second update (after they drained)
+    assert sent[-2:] == [
+        {"blue": (v1, "1", "100"), "green": (v2, "1", "0")},
+        {"blue": (v1, "1", "100"), "green": (v1, "0", "0")},
+    ]
     assert w.rule_weights() == {"blue": 100, "green": 0}
 
 
@@ -378,6 +386,7 @@ def test_a_failed_stack_update_rolls_back_and_names_the_failing_resource(
     assert [colors(p)["green"] for p in w.rec.stack_parameter_sets(mark)] == [
         (v2, "1", "0"),
         (v2, "1", "10"),  # this one failed; CloudFormation kept the previous parameters
+        (v2, "1", "0"),  # the weights (already so: recorded in the history), then the instances
         (v1, "0", "0"),
     ]
     assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
@@ -396,9 +405,11 @@ def test_ctrl_c_mid_shift_rolls_back(live_v1: tuple[World, str, str]) -> None:
 
     w.clock.on_sleep = interrupt
     mark = w.rec.mark()
-    with pytest.raises(DeployError, match=r"bake green at 50%: interrupted \(Ctrl-C\); rolled back"):
+    with pytest.raises(
+        DeployError, match=r"bake green at 50%: interrupted \(Ctrl-C or SIGTERM\); rolled back"
+    ):
         w.deploy(B2)
-    assert [colors(p)["green"][2] for p in w.rec.stack_parameter_sets(mark)] == ["0", "10", "50", "0"]
+    assert [colors(p)["green"][2] for p in w.rec.stack_parameter_sets(mark)] == ["0", "10", "50", "0", "0"]
     assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
 
 
@@ -416,14 +427,16 @@ def test_ctrl_c_while_cloudformation_works_waits_for_it_then_rolls_back(
     w.clock.on_sleep = interrupt
     mark = w.rec.mark()
     with pytest.raises(
-        DeployError, match=r"shift 10% of the traffic to green: interrupted \(Ctrl-C\); rolled back"
+        DeployError,
+        match=r"shift 10% of the traffic to green: interrupted \(Ctrl-C or SIGTERM\); rolled back",
     ):
         w.deploy(B2)
     assert "waiting for erlang-web-dev to finish UPDATE_IN_PROGRESS" in capsys.readouterr().err
     assert [colors(p)["green"] for p in w.rec.stack_parameter_sets(mark)] == [
         (v2, "1", "0"),
         (v2, "1", "10"),
-        (v1, "0", "0"),  # sent only once the interrupted update had finished
+        (v2, "1", "0"),  # sent only once the interrupted update had finished: the weight first,
+        (v1, "0", "0"),  # then the instances (the 10% update had completed: they took traffic)
     ]
     assert colors(w.params()) == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
 
@@ -468,17 +481,27 @@ def test_an_empty_stack_left_in_review_counts_as_no_stack(world: World) -> None:
     mark = world.rec.mark()
     assert world.deploy(B1).action == "created"
     assert colors(world.params())["blue"] == (v1, "1", "100")
-    ops = [c.operation for c in world.rec.since(mark) if c.mutating]
-    assert ops == ["DeleteStack", "CreateStack"]  # the empty stack is removed, then the real one made
+    # on the app's stack (the first deploy also makes the stack of its CloudFormation service role)
+    ops = [
+        c.operation
+        for c in world.rec.since(mark)
+        if c.mutating
+        and (c.params.get("StackName") == STACK or f":stack/{STACK}/" in str(c.params.get("StackName")))
+    ]
+    # the empty stack is removed, then the real one made; an update records the release live
+    assert ops == ["DeleteStack", "CreateStack", "UpdateStack"]
 
 
 def test_first_release_that_is_not_healthy_is_reported_and_the_stack_kept(world: World) -> None:
     v1 = world.ami(B1)
     world.health.states[v1] = "unhealthy"
-    with pytest.raises(DeployError, match="was created but the first release is not healthy") as err:
+    with pytest.raises(DeployError, match="was created but the first release did not go live") as err:
         world.deploy(B1)
-    assert "no earlier release" in str(err.value)
+    assert "no earlier release runs to return to" in str(err.value)
     assert colors(world.params())["blue"] == (v1, "1", "100")
+    (entry,) = history.decode(world.params()["History"])
+    assert (entry.outcome, entry.was_live) == ("failed", False)
+    assert "did not become healthy within 120s" in entry.reason
 
 
 # -- bad input: one line, non-zero exit, nothing changed -------------------------------------------
@@ -601,26 +624,28 @@ def test_a_deploy_while_the_traffic_is_split_is_refused_until_rollback_chooses(
         UsePreviousTemplate=True,
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in split.items()],
     )
-    assert_refused(w, B2, "the traffic is split (blue 50%, green 50%)")
-    with pytest.raises(DeployError, match="rollback --to blue"):
-        deploy.rollback(w.settings, w.clients, w.runtime())
+    line = assert_refused(w, B2, "the traffic is split (blue 50%, green 50%)")
+    assert "invoke rollback returns to build 1111111111aa" in line
+    with pytest.raises(DeployError, match="green holds build 2222222222bb, which was never live"):
+        rollback.rollback(w.settings, w.clients, w.runtime(), to="green")
     mark = w.rec.mark()
-    out = deploy.rollback(w.settings, w.clients, w.runtime(), to="blue")
+    out = rollback.rollback(w.settings, w.clients, w.runtime())  # to the last live release: v1, blue
     assert out.live == "blue"
     assert [colors(p) for p in w.rec.stack_parameter_sets(mark)] == [
         {"blue": (v1, "1", "100"), "green": (v2, "1", "0")},
-        {"blue": (v1, "1", "100"), "green": (v2, "0", "0")},
+        {"blue": (v1, "1", "100"), "green": (v2, "1", "0")},  # recorded live
+        {"blue": (v1, "1", "100"), "green": (v2, "0", "0")},  # green drained first
     ]
 
 
 def test_rollback_without_a_previous_release_is_refused(world: World) -> None:
     world.ami(B1)
     with pytest.raises(DeployError, match="does not exist: nothing to roll back"):
-        deploy.rollback(world.settings, world.clients, world.runtime())
+        rollback.rollback(world.settings, world.clients, world.runtime())
     world.deploy(B1)
     mark = world.rec.mark()
-    with pytest.raises(DeployError, match=r"blue and green run the same release .* no previous release"):
-        deploy.rollback(world.settings, world.clients, world.runtime())
+    with pytest.raises(DeployError, match=r"there is no earlier live release to return to"):
+        rollback.rollback(world.settings, world.clients, world.runtime())
     assert [c for c in world.rec.since(mark) if c.mutating] == []
 
 
@@ -707,7 +732,7 @@ def test_plan_reports_build_ami_and_deploy_without_changing_anything(
     fourth = {p.stage: p for p in deploy.plan(s2, clients, runtime)}
     assert (fourth["deploy"].action, fourth["deploy"].detail) == (
         "would roll out",
-        f"build {b2} to green in 10 steps",
+        f"build {b2} to green in 11 steps",
     )
     assert {c.operation for c in rec.since(mark) if c.mutating} == {"CreateChangeSet", "DeleteChangeSet"}
     assert clients.cloudformation().list_change_sets(StackName=STACK)["Summaries"] == []

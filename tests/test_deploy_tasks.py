@@ -75,6 +75,26 @@ def test_deploy_status_rollback_and_bad_input_through_invoke(
     assert back.returncode == 0, back.stderr
     assert "blue (live)" in back.stderr
 
+    # the history: newest first, how each ended; JSON on stdout
+    hist = invoke(root, "history", "--json", *sets)
+    assert hist.returncode == 0, hist.stderr
+    releases = json.loads(hist.stdout)["releases"]
+    assert [(r["kind"], r["build_id"], r["outcome"], r["live_now"]) for r in releases] == [
+        ("rollback", B1, "baked", True),
+        ("deploy", B2, "rolled back by hand", False),
+        ("deploy", B1, "baked", False),
+    ]
+    assert "releases of stack erlang-web-dev, newest first" in hist.stderr
+    bad_to = invoke(root, "rollback", "--yes", "--to", "v1", *sets)
+    assert bad_to.returncode == 1
+    assert bad_to.stderr.strip().splitlines()[-1] == (
+        'error: --to: expected a build id (hex, as invoke history shows it) or "blue"/"green", got "v1" '
+        "(hint: invoke history lists the releases that went live)"
+    )
+    again = invoke(root, "rollback", "--yes", *sets)  # v2 was rolled back by hand: no target left
+    assert again.returncode == 1
+    assert "there is no earlier live release to return to" in again.stderr.strip().splitlines()[-1]
+
     # bad input: one line, exit 1, the live colour untouched
     missing = invoke(root, "deploy", "--yes", "--build-id", "3333333333cc", *sets)
     assert missing.returncode == 1
@@ -99,15 +119,26 @@ def test_synth_and_iam_policy_tasks(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "proj")
     synth = invoke(root, "synth")
     assert synth.returncode == 0, synth.stderr
-    assert sorted(p.name for p in (root / "cfn").iterdir()) == ["erlang-web-dev.json", "erlang-web-prod.json"]
+    assert sorted(p.name for p in (root / "cfn").iterdir()) == [
+        "erlang-web-dev-role.json",  # the bootstrap stack of each environment's service role
+        "erlang-web-dev.json",
+        "erlang-web-prod-role.json",
+        "erlang-web-prod.json",
+    ]
     assert "wrote cfn/erlang-web-dev.json" in synth.stderr
     again = invoke(root, "synth")
     assert "cfn/ is up to date" in again.stderr
     policy = invoke(root, "iam-policy", "--env", "prod", "--account", "123456789012")
     assert policy.returncode == 0, policy.stderr
     doc = json.loads(policy.stdout)
-    stack = next(s for s in doc["Statement"] if s["Sid"] == "Stack")
+    stack = next(s for s in doc["Statement"] if s["Sid"] == "StackChanges")
     assert stack["Resource"] == ["arn:aws:cloudformation:us-east-1:123456789012:stack/erlang-web-prod/*"]
+    role = invoke(root, "iam-policy", "--env", "prod", "--account", "123456789012", "--role")
+    assert role.returncode == 0, role.stderr
+    statements = {s["Sid"] for s in json.loads(role.stdout)["Statement"]}
+    assert {"OwnBalancing", "LaunchOwnImages", "TagOnCreate"} <= statements
+    template = json.loads((root / "cfn" / "erlang-web-prod-role.json").read_text())
+    assert template["Resources"]["ServiceRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
 
 
 @pytest.mark.slow  # a real beam build
@@ -123,7 +154,8 @@ def test_quick_start_twice_then_destroy_gc_and_down(
     first = invoke(root, "build", *sets, "ami", *sets, "deploy", *sets)
     assert first.returncode == 0, first.stderr
     assert "is live on blue" in first.stderr
-    table = first.stderr[first.stderr.rindex("stack erlang-web-dev: CREATE_COMPLETE") :]
+    # (UPDATE_COMPLETE: once the release had baked, an update recorded it live)
+    table = first.stderr[first.stderr.rindex("stack erlang-web-dev: UPDATE_COMPLETE") :]
     assert "blue (live)" in table and table.rstrip().endswith("┘")  # the status table comes last
     changes = len(journal.read_text().splitlines())
 
@@ -144,3 +176,29 @@ def test_quick_start_twice_then_destroy_gc_and_down(
     assert down.returncode == 0 and "stopped the local AWS" in down.stderr
     settings = config.load(root, env="dev", overrides=sets[1::2])
     assert local_server.status(settings) is None
+
+
+def test_sigterm_acts_like_ctrl_c_in_every_task() -> None:
+    """A CI system cancels a job with SIGTERM: the task sees KeyboardInterrupt (a deploy rolls back)
+    and ends with status 130, as after Ctrl-C."""
+    import os
+    import signal
+
+    from invoke.exceptions import Exit
+
+    import tasks
+
+    previous = signal.getsignal(signal.SIGTERM)
+    reached = []
+    try:
+        with pytest.raises(Exit) as stopped, tasks.failures():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                signal.sigtimedwait([], 0)  # let the handler run
+            except KeyboardInterrupt:
+                reached.append("KeyboardInterrupt")
+                raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert reached == ["KeyboardInterrupt"]
+    assert (stopped.value.code, stopped.value.message) == (130, "interrupted")

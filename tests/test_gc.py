@@ -188,3 +188,44 @@ def test_invoke_gc_flags_are_checked(aws: LocalAws, monkeypatch: pytest.MonkeyPa
         tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], keep="0")
     with pytest.raises(Exit, match="--grace-minutes: expected 0 or more, got -5"):
         tasks.gc(MockContext(), set_=[f"local.port={aws.port}"], grace_minutes="-5")
+
+
+def test_gc_keeps_the_images_of_the_last_live_releases_in_the_stack_history(aws: LocalAws) -> None:
+    """ami.keep=2: the two newest images, and the last two releases that went live (from the stack's
+    History parameter), not a release that never went live nor an older live one."""
+    from pipeline.aws import history
+    from pipeline.aws.params import Release
+
+    i0, i1, i2, i3, i4 = publish_series(aws, 5)
+    h: tuple[history.Entry, ...] = ()
+    for image, outcome in ((i0, "baked"), (i1, "baked"), (i2, "rolled back"), (i1, "baked")):
+        rel = Release(image.image_id, image.build_id, "t3.micro", "hvm")
+        h, e = history.start(h, "deploy", rel, "blue", 1_800_000_000)
+        h = history.finish(h, e.n, outcome, live_at=1_800_000_100 if outcome == "baked" else None)
+    # i0 went live, then i1, i2 failed, i1 again: the last two live releases are i1 and i0
+    template = {
+        "Parameters": {"BlueImageId": {"Type": "String"}, "History": {"Type": "String"}},
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+    }
+    aws.clients().cloudformation().create_stack(
+        StackName="erlang-web-dev",
+        TemplateBody=json.dumps(template),
+        Parameters=[
+            {"ParameterKey": "BlueImageId", "ParameterValue": i1.image_id},
+            {"ParameterKey": "History", "ParameterValue": history.encode(h)},
+        ],
+    )
+    plan = gc.plan(aws.clients(), aws.settings("ami.keep=2"))
+    assert {r.resource_id for r in plan.removals if r.kind == "image"} == {i2.image_id}
+    kept = {k[1]: k[2] for k in plan.kept}
+    assert kept[i0.image_id] == "stack erlang-web-dev: live release 2 of the last 2"
+    assert kept[i1.image_id] == "stack erlang-web-dev (BlueImageId)"
+    assert {kept[i3.image_id], kept[i4.image_id]} == {"one of the newest 2 beam/hvm images"}
+    assert "not one of the last 2 live releases" in next(r.reason for r in plan.removals if r.kind == "image")
+    # with ami.keep=1 only the newest live release (i1) counts, and i0 goes too
+    narrow = gc.plan(aws.clients(), aws.settings("ami.keep=1"))
+    assert {r.resource_id for r in narrow.removals if r.kind == "image"} == {
+        i0.image_id,
+        i2.image_id,
+        i3.image_id,
+    }

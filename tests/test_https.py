@@ -29,7 +29,7 @@ from botocore.stub import Stubber
 from cryptography import x509
 
 from pipeline import config
-from pipeline.aws import deploy, https, iam, listeners, stack
+from pipeline.aws import deploy, https, iam, listeners, service_role, stack
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
 from pipeline.errors import ConfigError
@@ -38,7 +38,7 @@ from pipeline.local.balancer import Balancer
 from pipeline.local.registry import Registry
 from pipeline.local.routing import Listener, Redirect, Request, action_of, location
 from tests.deploy_support import REGION, TargetHealth, make_clients, register_ami
-from tests.test_iam import NOT_USED, allows, provider_permissions
+from tests.test_iam import NOT_USED, provider_permissions
 from tests.test_local_cloud_balancer import FAST, Target, _at, _free_port, fetch
 from tests.test_local_cloud_units import BLUE, GREEN, listener
 
@@ -124,21 +124,29 @@ def test_the_load_balancer_drops_invalid_header_fields_and_logs_to_the_bucket_wh
     }
 
 
-def test_the_https_template_is_lint_clean_and_the_policy_covers_it() -> None:
+def test_the_https_template_is_lint_clean_and_the_policies_cover_it() -> None:
+    """The service role can make what the HTTPS template adds (every permission CloudFormation's
+    resource providers list for it); the pipeline may read the one certificate it names, nothing more."""
     from cfnlint.api import lint_all
 
     text = stack.render(SECURE)
     assert [f"{m.rule.id} {m.message}" for m in lint_all(text) if m.rule.id[0] in "EW"] == []
-    doc = json.loads(iam.policy_json(config.load(REPO, env="dev")))
-    needed = provider_permissions(json.loads(text))
+    s = config.load(REPO, env="dev", overrides=[f'deploy.certificate_arn="{ARN}"'])
+    granted = {a.lower() for a in iam.actions(service_role.policy(s))}
     missing = [
         p
-        for p in needed
+        for p in provider_permissions(json.loads(text))
         if not any(fnmatchcase(p, pattern) for pattern in NOT_USED)
-        and not allows(doc, p, via_cloudformation=True)
+        and p.lower() not in granted
+        and not ("*" in p and any(fnmatchcase(g, p.lower()) for g in granted))
     ]
     assert missing == []
-    assert allows(doc, "acm:DescribeCertificate")  # the check before any change
+    doc = json.loads(iam.policy_json(s))
+    reads = [st for st in doc["Statement"] if "acm:DescribeCertificate" in st["Action"]]
+    assert [(st["Action"], st["Resource"]) for st in reads] == [(["acm:DescribeCertificate"], [ARN])]
+    without = json.loads(iam.policy_json(config.load(REPO, env="dev")))
+    assert "acm:DescribeCertificate" not in iam.actions(iam.policy(config.load(REPO, env="dev")))
+    assert without != doc
 
 
 # -- settings and the checks before any change ----------------------------------------------------------

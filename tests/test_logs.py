@@ -300,12 +300,20 @@ def test_a_release_that_fails_its_gate_has_its_console_printed_before_the_rollba
     assert rollback and updates[0] < read < rollback[0]
 
 
-def test_the_policy_allows_reading_the_console() -> None:
+def test_the_policy_allows_reading_the_consoles_of_the_environments_own_instances_only() -> None:
     import json
 
-    doc = json.loads(iam.policy_json(config.load(REPO, env="dev")))
-    read = next(s for s in doc["Statement"] if s["Sid"] == "ReadState")
-    assert "ec2:GetConsoleOutput" in read["Action"] and "Condition" not in read
+    doc = json.loads(iam.policy_json(config.load(REPO, env="dev"), "123456789012"))
+    (read,) = [s for s in doc["Statement"] if "ec2:GetConsoleOutput" in s["Action"]]
+    assert read["Action"] == ["ec2:GetConsoleOutput"]
+    assert read["Resource"] == ["arn:aws:ec2:us-east-1:123456789012:instance/*"]
+    assert read["Condition"] == {
+        "StringEquals": {
+            "aws:ResourceTag/App": "erlang_web",
+            "aws:ResourceTag/Env": "dev",
+            "aws:ResourceTag/ManagedBy": "erlang-unikernel-pipeline",
+        }
+    }
 
 
 def test_bad_flags_are_one_line_before_any_aws_call(tmp_path: Path) -> None:

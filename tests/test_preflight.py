@@ -17,7 +17,7 @@ from awstest import Recorder
 from botocore.stub import Stubber
 
 from pipeline import config
-from pipeline.aws import boot_modes, deploy, preflight, pv
+from pipeline.aws import boot_modes, deploy, preflight, pv, rollback
 from pipeline.aws.deployment import Runtime
 from pipeline.aws.session import Clients
 from pipeline.errors import ConfigError
@@ -307,7 +307,7 @@ def test_deploy_plan_and_rollback_refuse_a_bogus_network_before_any_change() -> 
     with pytest.raises(ConfigError, match="there is no VPC vpc-0123456789abcdef0"):
         deploy.plan(s, clients)
     with pytest.raises(ConfigError, match="there is no VPC vpc-0123456789abcdef0"):
-        deploy.rollback(s, clients, Runtime(confirm=lambda _q: True))
+        rollback.rollback(s, clients, Runtime(confirm=lambda _q: True))
     assert rec.mutating() == []
     assert clients.cloudformation().describe_stacks()["Stacks"] == []
 

@@ -198,7 +198,7 @@ def test_launch_templates_sort_before_their_groups() -> None:
 
 def test_parameters_and_outputs() -> None:
     t = template()
-    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()}
+    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()} | {"History"}
     assert set(t["Parameters"]) == colour_params
     assert t["Parameters"]["BlueImageId"]["Type"] == "AWS::EC2::Image::Id"
     assert t["Parameters"]["BlueWeight"]["MaxValue"] == 100
@@ -210,7 +210,17 @@ def test_parameters_and_outputs() -> None:
         "GreenTargetGroupArn",
         "BlueServerGroupName",
         "GreenServerGroupName",
+        "ReleaseHistory",
     }
+    # the history is a parameter of at most 4,096 bytes (CloudFormation's limit for a value) that an
+    # output shows, so that an update of the history alone changes the stack
+    assert t["Parameters"]["History"] == {
+        "Type": "String",
+        "Default": "",
+        "MaxLength": 4096,
+        "Description": "release history kept by the pipeline (invoke history shows it; do not edit)",
+    }
+    assert t["Outputs"]["ReleaseHistory"]["Value"] == {"Ref": "History"}
     # the own VPC spans two availability zones
     subnets = resources(t, "AWS::EC2::Subnet")
     assert sorted(s["Properties"]["AvailabilityZone"]["Fn::Select"][0] for s in subnets.values()) == [0, 1]
@@ -342,8 +352,10 @@ def test_synth_writes_one_template_per_environment_and_removes_stale_ones(tmp_pa
     (tmp_path / "cfn" / "old-stack.json").write_text("{}")
     changed = stack.synth(tmp_path)
     names = sorted(p.name for p in (tmp_path / "cfn").iterdir())
-    assert names == ["erlang-web-a.json", "erlang-web-b.json"]
-    assert {p.name for p in changed} == {"erlang-web-a.json", "erlang-web-b.json", "old-stack.json"}
+    # per environment its stack and the bootstrap stack of its CloudFormation service role
+    wanted = ["erlang-web-a-role.json", "erlang-web-a.json", "erlang-web-b-role.json", "erlang-web-b.json"]
+    assert names == wanted
+    assert {p.name for p in changed} == {*wanted, "old-stack.json"}
     b = json.loads((tmp_path / "cfn" / "erlang-web-b.json").read_text())
     assert b["Resources"]["Listener"]["Properties"]["Port"] == 8000
     assert stack.synth(tmp_path) == []  # nothing to do the second time

@@ -28,6 +28,7 @@ def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_o
         ("bake", "bake green at 50%"),
         ("update", "shift 100% of the traffic to green"),
         ("bake", "bake green at 100%"),
+        ("record", "record build 2222222222bb as live"),
         ("retain", "keep blue running for 300s"),
         ("update", "scale blue to 0 (its launch template and image stay for rollback)"),
     ]
@@ -59,21 +60,43 @@ def test_capacity_follows_the_setting_and_identical_updates_are_dropped() -> Non
     ]
 
 
-def test_a_split_rollback_starts_from_the_current_weights() -> None:
+def test_a_rollout_resumed_from_a_split_bakes_again_at_the_weight_it_had_reached() -> None:
     current = StackState(Side(V1, 1, 50), Side(V2, 1, 50))
     steps = rollout.rollout_steps(current, "blue", V1, 1, (100,), 5, 0)
-    assert [s.kind for s in steps] == ["wait_healthy", "update", "bake", "retain", "update"]
-    assert weights(steps[1].state or current) == (100, 0)
+    assert [s.kind for s in steps] == ["wait_healthy", "bake", "update", "bake", "record", "retain", "update"]
+    assert (steps[1].label, steps[1].full) == ("bake blue at 50%", False)
+    assert weights(steps[2].state or current) == (100, 0)
 
 
-def test_a_failure_returns_all_traffic_to_the_other_colour_and_the_target_to_its_previous_release() -> None:
+def test_a_rollout_resumed_at_100_percent_bakes_records_and_scales_the_old_colour_down() -> None:
+    """Killed during the final bake: the re-run watches the bake again, then finishes the retention."""
+    current = StackState(Side(V1, 1, 0), Side(V2, 1, 100))
+    steps = rollout.rollout_steps(current, "green", V2, 1, (10, 50, 100), 5, 60)
+    assert [(s.kind, s.full) for s in steps] == [
+        ("wait_healthy", False),
+        ("bake", True),
+        ("record", False),
+        ("retain", False),
+        ("update", False),
+    ]
+    assert steps[-1].state == StackState(Side(V1, 0, 0), Side(V2, 1, 100))
+
+
+def test_a_failure_moves_the_traffic_back_first_and_scales_the_target_down_second() -> None:
     original = StackState(Side(V1, 2, 100), Side(V0, 0, 0))
-    back = rollout.restore_state(original, "green")
-    assert back == StackState(Side(V1, 2, 100), Side(V0, 0, 0))
+    shifting = StackState(Side(V1, 2, 50), Side(V2, 2, 50))
+    weights_back, final = rollout.restore_states(original, "green", shifting)
+    assert weights_back == StackState(Side(V1, 2, 100), Side(V2, 2, 0))  # green's instances still run
+    assert final == StackState(Side(V1, 2, 100), Side(V0, 0, 0))  # then they go; green's old release
     kept_warm = StackState(Side(V1, 2, 100), Side(V0, 2, 0))
-    assert rollout.restore_state(kept_warm, "green") == StackState(Side(V1, 2, 100), Side(V0, 0, 0))
+    assert rollout.restore_states(kept_warm, "green", kept_warm)[1] == StackState(
+        Side(V1, 2, 100), Side(V0, 0, 0)
+    )
     split = StackState(Side(V1, 1, 50), Side(V2, 1, 50))
-    assert rollout.restore_state(split, "blue") == StackState(Side(V1, 0, 0), Side(V2, 1, 100))
+    assert rollout.restore_states(split, "blue", split) == (
+        StackState(Side(V1, 1, 0), Side(V2, 1, 100)),
+        StackState(Side(V1, 0, 0), Side(V2, 1, 100)),
+    )
 
 
 def test_parameter_diff_names_each_changed_parameter() -> None:

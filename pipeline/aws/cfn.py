@@ -250,16 +250,23 @@ def create(
     template: str,
     parameters: Sequence[Mapping[str, str]],
     tags: Sequence[Mapping[str, Any]],
+    role_arn: str = "",
 ) -> str:
-    """Start creating the stack; return its id."""
+    """Start creating the stack (CloudFormation acting with ``role_arn``); return its id."""
     resp = cf.create_stack(
         StackName=stack,
         TemplateBody=template,
         Parameters=[dict(p) for p in parameters],  # type: ignore[misc]
         Tags=[dict(t) for t in tags],  # type: ignore[misc]
         OnFailure="ROLLBACK",
+        **_role(role_arn),
     )
     return resp["StackId"]
+
+
+def _role(role_arn: str) -> dict[str, Any]:
+    """The service role CloudFormation acts with (its permissions, not the caller's, build the stack)."""
+    return {"RoleARN": role_arn} if role_arn else {}
 
 
 def update(
@@ -268,6 +275,7 @@ def update(
     template: str,
     parameters: Sequence[Mapping[str, str]],
     tags: Sequence[Mapping[str, Any]],
+    role_arn: str = "",
 ) -> bool:
     """Start updating the stack; False when CloudFormation says there is nothing to change."""
     try:
@@ -276,6 +284,7 @@ def update(
             TemplateBody=template,
             Parameters=[dict(p) for p in parameters],  # type: ignore[misc]
             Tags=[dict(t) for t in tags],  # type: ignore[misc]
+            **_role(role_arn),
         )
     except ClientError as err:
         if error_code(err) == "ValidationError" and is_no_change(err.response["Error"].get("Message", "")):
@@ -340,6 +349,7 @@ def plan_update(
     template: str,
     parameters: Sequence[Mapping[str, str]],
     waiter: Waiter,
+    role_arn: str = "",
 ) -> list[Change] | None:
     """What an update to ``parameters`` would change, from a change set of type UPDATE that is deleted
     again; None when CloudFormation finds nothing to change."""
@@ -351,6 +361,7 @@ def plan_update(
         TemplateBody=template,
         Parameters=[dict(p) for p in parameters],  # type: ignore[misc]
         Description="plan made by the pipeline; deleted after it is read",
+        **_role(role_arn),
     )
     try:
 
@@ -411,5 +422,5 @@ def summarise(changes: Sequence[Mapping[str, Any]]) -> list[Change]:
     return sorted(rows, key=lambda c: (c.action, c.resource))
 
 
-def delete(cf: CloudFormationClient, stack_id: str) -> None:
-    cf.delete_stack(StackName=stack_id)
+def delete(cf: CloudFormationClient, stack_id: str, role_arn: str = "") -> None:
+    cf.delete_stack(StackName=stack_id, **_role(role_arn))

@@ -1,23 +1,29 @@
-"""The deploy stage: roll a build's AMI out as a health-gated blue/green release; plan and rollback.
+"""The deploy stage: roll a build's AMI out as a health-gated blue/green release; and the plan.
 
 All deployment state lives in the stack's parameters (which image each colour runs, how many
-instances, which share of the traffic); every change is a stack update passing all of them, so the
-stack never drifts and there is no local state. The flow of a release is plan, confirm, apply step by
-step, verify (see :mod:`pipeline.aws.rollout` for the steps); any failure before the new colour has
-baked at 100% (a failed update, unhealthy targets, a timeout, Ctrl-C) rolls back to the old colour.
+instances, which share of the traffic, and the release history); every change is a stack update
+passing all of them, so the stack never drifts and there is no local state. The flow of a release is
+plan, confirm, apply step by step, verify (:mod:`pipeline.aws.rollout` plans the steps,
+:mod:`pipeline.aws.runner` carries them out); any failure before the new colour has baked at 100% (a
+failed update, unhealthy targets, a timeout, Ctrl-C or SIGTERM) rolls back to the old colour.
+
+A deploy that was killed is resumed by the next deploy of the same build, from where it stopped: a
+release that never finished its bake at 100% is not taken for live, and an old colour left running
+is scaled down. (Rollback: :mod:`pipeline.aws.rollback`; status and destroy: :mod:`pipeline.aws.status`.)
 
 Nothing here prompts: the caller passes ``confirm`` (tasks.py asks the user, or ``--yes`` answers).
-Waiting uses the injected ``sleep`` and ``clock``. :mod:`pipeline.aws.status` has status and destroy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, https, logs, preflight, pv, rollout, stack
+from pipeline.aws import ami, cfn, history, https, preflight, pv, rollout, runner, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
+from pipeline.aws.history import Entry, History
 from pipeline.aws.params import Release, StackState
 from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
@@ -26,14 +32,14 @@ from pipeline.config import Settings
 from pipeline.errors import DeployError, PipelineError
 from pipeline.manifest import MANIFEST
 
-__all__ = ["Outcome", "Runtime", "StagePlan", "deploy", "plan", "rollback"]
+__all__ = ["Outcome", "Runtime", "StagePlan", "decide", "deploy", "plan", "show_plan"]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a deploy or rollback did."""
 
-    action: str  # created | released | unchanged | planned | rolled back
+    action: str  # created | released | finished | unchanged | planned | rolled back
     stack: str
     live: Color | None
     build_id: str
@@ -67,6 +73,61 @@ def _current_build(settings: Settings) -> str:
     return build.find(settings).build_id
 
 
+# -- what a deploy of a release does, given the stack -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a deploy of ``release`` does to a stack in ``current`` state with ``past`` history."""
+
+    kind: Literal["rollout", "finish", "nothing"]
+    target: Color
+    resumed: Entry | None = None  # the running entry this deploy continues (None: a new entry)
+
+
+def decide(current: StackState, past: History, release: Release, stack_name: str) -> Decision:
+    """Pure: where ``release`` goes, and whether an earlier, interrupted deploy of it is resumed.
+
+    Raises :class:`DeployError` when the traffic is split by an unfinished rollout of another release.
+    """
+    live = current.live
+    image = release.image_id
+    pending = [e for e in history.running(past) if current.side(e.color).release == e.release]
+    ours = next((e for e in reversed(pending) if e.release == release), None)
+    if live is None:
+        if ours is None:
+            last = history.last_live(past)
+            back = f"invoke rollback returns to build {last.release.build_id}" if last else "invoke rollback"
+            blue, green = current.blue.weight, current.green.weight
+            split = f"stack {stack_name}: the traffic is split (blue {blue}%, green {green}%)"
+            if not pending:
+                raise DeployError(f"{split} and no unfinished deploy is recorded", hint=back)
+            unfinished = pending[-1].release.build_id
+            raise DeployError(
+                f"{split} by an unfinished rollout of build {unfinished}",
+                hint=f"invoke deploy --build-id {unfinished} finishes it; {back}",
+            )
+        return Decision("rollout", ours.color, ours)
+    if current.side(live).release != release:
+        return Decision("rollout", opposite(live), ours if ours and ours.color != live else None)
+    entry = history.current(past, live, image)
+    if entry is not None and entry.outcome == "running":
+        return Decision("rollout", live, entry)  # killed before its bake at 100% was over
+    if not history.was_live(past, image):
+        return Decision("rollout", live, None)  # e.g. a first release that failed its health gate
+    if current.side(opposite(live)).capacity > 0:
+        return Decision("finish", live, None)  # killed during the retention: scale the old colour down
+    return Decision("nothing", live, None)
+
+
+def finish_steps(current: StackState, past: History, live: Color, retention: float, now: float) -> list[Step]:
+    """The rest of an interrupted retention: hold what is left of it, then scale the old colour down."""
+    entry = history.current(past, live, current.side(live).release.image_id)
+    since = now - entry.live_at if entry is not None and entry.was_live else 0.0
+    left = max(0.0, retention - since, stack.DEREGISTRATION_DELAY - since)
+    return rollout.scale_down_steps(current, opposite(live), left)
+
+
 # -- deploy -------------------------------------------------------------------------------------------------
 
 
@@ -79,7 +140,8 @@ def deploy(
     dry_run: bool = False,
 ) -> Outcome:
     """Roll the AMI of ``build_id`` (default: the finished build of the current inputs) out as the
-    live release. Idempotent: the release that is already live makes no change at all.
+    live release. Idempotent: the release that is already live makes no change at all, and a deploy
+    that was interrupted is resumed.
 
     Raises a one-line :class:`PipelineError` before any change for bad input (instance type, AMI
     missing, stack busy or stuck) and a :class:`DeployError` after rolling back a failed release.
@@ -102,40 +164,59 @@ def deploy(
         return _create(d, info, release, dry_run)
 
     current = d.state(info)
-    live = current.live
-    if live is None:
-        raise DeployError(
-            f"stack {d.name}: the traffic is split (blue {current.blue.weight}%, "
-            f"green {current.green.weight}%): an earlier rollout did not finish",
-            hint="choose where it goes first: invoke rollback --to blue (or green)",
-        )
+    past = d.history
+    choice = decide(current, past, release, d.name)
+    target = choice.target
     url = d.url(info)
-    if current.side(live).release == release:
+    s = settings.deploy
+    if choice.kind == "nothing":
         if not d.live_template_differs():
-            ui.done(f"build {bid} ({release.image_id}) is already live on {live}: nothing to do")
-            return Outcome("unchanged", d.name, live, bid, release.image_id, url)
-        return _update_template(d, current, live, release, dry_run)
-
-    target = opposite(live)
-    deploy_cfg = settings.deploy
-    steps = rollout.rollout_steps(
-        current,
-        target,
-        release,
-        capacity(settings),
-        deploy_cfg.weight_steps,
-        deploy_cfg.bake_seconds,
-        deploy_cfg.retention_seconds,
-    )
-    _show_plan(d, current, steps, f"plan-{bid}")
+            ui.done(f"build {bid} ({release.image_id}) is already live on {target}: nothing to do")
+            return Outcome("unchanged", d.name, target, bid, release.image_id, url)
+        return _update_template(d, current, target, release, dry_run)
+    if choice.kind == "finish":
+        steps = finish_steps(current, past, target, s.retention_seconds, runtime.now())
+        question = f"finish the interrupted deploy of build {bid}: scale {opposite(target)} down?"
+    else:
+        steps = rollout.rollout_steps(
+            current, target, release, capacity(settings), s.weight_steps, s.bake_seconds, s.retention_seconds
+        )
+        question = f"roll build {bid} out to {target} on stack {d.name}?"
+        if choice.resumed is not None:
+            ui.say(f"resuming the deploy of build {bid} to {target} that did not finish")
+    show_plan(d, current, steps, f"plan-{bid}")
     if dry_run:
-        return Outcome("planned", d.name, live, bid, release.image_id, url)
-    d.preflight(capacity(settings))
-    if not runtime.confirm(f"roll build {bid} out to {target} on stack {d.name}?"):
+        return Outcome("planned", d.name, current.live, bid, release.image_id, url)
+    d.preflight(capacity(settings) if choice.kind == "rollout" else 0)
+    if not runtime.confirm(question):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
-    d.run(current, target, steps)
+    if choice.kind == "finish":
+        d.history = history.stopped(past)
+        runner.run(d, current, target, steps, _live_entry(past, target, release), already_live=True)
+        ui.done(f"build {bid} is live on {target}; {opposite(target)} is scaled down")
+        return Outcome("finished", d.name, target, bid, release.image_id, url)
+    entry = _begin(d, past, choice.resumed, "deploy", release, target)
+    runner.run(d, current, target, steps, entry)
     ui.done(f"build {bid} is live on {target} ({release.image_id})")
     return Outcome("released", d.name, target, bid, release.image_id, url)
+
+
+def _live_entry(past: History, color: Color, release: Release) -> Entry:
+    entry = history.current(past, color, release.image_id)
+    if entry is None:  # decide() found it in the history
+        raise DeployError(f"build {release.build_id} is not in the stack's history")
+    return entry
+
+
+def _begin(
+    d: Deployment, past: History, resumed: Entry | None, kind: history.Kind, release: Release, color: Color
+) -> Entry:
+    """The history entry of this run (a resumed one, or a new one); stale running ones are interrupted."""
+    if resumed is not None:
+        d.history = history.stopped(past, keep=resumed.n)
+        return resumed
+    d.history, entry = history.start(past, kind, release, color, d.runtime.now())
+    return entry
 
 
 def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run: bool) -> Outcome:
@@ -153,16 +234,21 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     # unattended. Changing a live release (a later deploy, rollback, destroy) asks first.
     d.preflight(capacity(s))
     if info is not None:  # REVIEW_IN_PROGRESS: an empty stack left by a change set; it holds nothing
-        cfn.delete(d.cf, info.stack_id)
+        cfn.delete(d.cf, info.stack_id, d.role())
         cfn.wait(d.cf, info.stack_id, d.events(info.stack_id), d.waiter, "delete of the empty stack")
+    d.history, entry = history.start((), "deploy", release, "blue", d.runtime.now())
     d.create(state)
+    steps = [
+        Step("wait_healthy", "wait until blue is healthy"),
+        Step("bake", "bake blue at 100%", seconds=s.deploy.bake_seconds, full=True),
+        Step("record", f"record build {release.build_id} as live"),
+    ]
     try:
-        d.gate().wait_healthy(d.subject("blue", state), s.deploy.health_timeout_seconds)
+        runner.run(d, state, "blue", steps, entry)
     except PipelineError as err:
-        logs.show_failed(d.clients, s, "blue")
         raise DeployError(
-            f"stack {d.name} was created but the first release is not healthy: {err}",
-            hint="there is no earlier release to return to; fix the build and deploy again (or destroy)",
+            f"stack {d.name} was created but the first release did not go live: {err.message}",
+            hint=err.hint,
         ) from err
     url = d.url()
     ui.done(f"build {release.build_id} is live on blue ({release.image_id}) at {url}")
@@ -180,12 +266,13 @@ def _update_template(
     d.preflight(0)  # the same checks as a release: a new listener port must be one this machine can take
     if not d.runtime.confirm(f"update the template of stack {d.name}?"):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
+    d.history = history.stopped(d.history)
     d.apply(current, "template change (same release)")
     ui.done(f"stack {d.name} updated; build {release.build_id} stays live on {live}")
     return Outcome("released", d.name, live, release.build_id, release.image_id, url)
 
 
-def _show_plan(d: Deployment, current: StackState, steps: list[Step], change_set: str) -> None:
+def show_plan(d: Deployment, current: StackState, steps: list[Step], change_set: str) -> None:
     first = next((s for s in steps if s.kind == "update" and s.state is not None), None)
     if first is not None and first.state is not None:
         _show_changes(d, first.state, change_set, first.label, before=current)
@@ -195,7 +282,9 @@ def _show_plan(d: Deployment, current: StackState, steps: list[Step], change_set
 def _show_changes(
     d: Deployment, state: StackState, change_set: str, label: str, before: StackState | None = None
 ) -> None:
-    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, state.parameters(), d.waiter)
+    _, wanted = d.wanted(state)
+    listed = [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(wanted.items())]
+    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, listed, d.waiter, d.role())
     if changes:
         ui.table(
             f"plan: {label}",
@@ -207,70 +296,6 @@ def _show_changes(
     diff = rollout.parameter_diff(before, state) if before is not None else []
     if diff:
         ui.table("parameters", ("parameter", "now", "then"), diff)
-
-
-# -- rollback -----------------------------------------------------------------------------------------------
-
-
-@one_line_errors("rollback")
-def rollback(
-    settings: Settings,
-    clients: Clients,
-    runtime: Runtime | None = None,
-    to: Color | None = None,
-    dry_run: bool = False,
-) -> Outcome:
-    """Return the traffic to the previous release, which the idle colour keeps: scale it up, wait until
-    it is healthy, move all the traffic to it, and scale the other colour down after the retention."""
-    runtime = runtime or Runtime()
-    preflight.check_network(settings, clients)  # the rollback's stack update passes the network settings
-    d = Deployment(settings, clients, runtime)
-    info = d.read()
-    if info is None:
-        raise DeployError(
-            f"stack {d.name} does not exist: nothing to roll back", hint="invoke deploy creates it"
-        )
-    cfn.check_ready(info, d.name)
-    current = d.state(info)
-    live = current.live
-    if live is None and to is None:
-        raise DeployError(
-            f"stack {d.name}: the traffic is split "
-            f"(blue {current.blue.weight}%, green {current.green.weight}%)",
-            hint="say which colour gets it all: invoke rollback --to blue (or green)",
-        )
-    target = to or opposite(live or "blue")
-    release = current.side(target).release
-    url = d.url(info)
-    if target == live:
-        ui.done(f"{target} already has all the traffic: nothing to do")
-        return Outcome("unchanged", d.name, live, release.build_id, release.image_id, url)
-    if live is not None and release == current.side(live).release:
-        raise DeployError(
-            f"stack {d.name}: blue and green run the same release (build {release.build_id}): "
-            "there is no previous release to return to",
-        )
-    pv.check_instance_type(
-        release.instance_type,
-        release.virtualization,
-        f"stack {d.name}: {target.capitalize()}InstanceType",
-        target=settings.image.target,
-    )
-    s = settings.deploy
-    steps = rollout.rollout_steps(
-        current, target, release, capacity(settings), (100,), s.bake_seconds, s.retention_seconds
-    )
-    _show_plan(d, current, steps, f"rollback-{release.build_id}")
-    if dry_run:
-        return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
-    d.preflight(capacity(settings))
-    if not runtime.confirm(f"return stack {d.name} to build {release.build_id} on {target}?"):
-        raise DeployError(
-            "rollback not confirmed: nothing was changed", hint="pass --yes to skip the question"
-        )
-    d.run(current, target, steps)
-    ui.done(f"rolled back: build {release.build_id} is live on {target} ({release.image_id})")
-    return Outcome("rolled back", d.name, target, release.build_id, release.image_id, url)
 
 
 # -- plan ---------------------------------------------------------------------------------------------------
@@ -326,23 +351,20 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
         )
         return out
     current = d.state(info)
-    live = current.live
-    if live is None:
-        out.append(
-            StagePlan("deploy", "blocked", "the traffic is split; invoke rollback --to blue|green first")
-        )
-        return out
     if image_id is None:
+        idle = opposite(current.live) if current.live else "the idle colour"
         out.append(
-            StagePlan(
-                "deploy",
-                "would roll out",
-                f"build {bp.build_id} to {opposite(live)} once its AMI is available",
-            )
+            StagePlan("deploy", "would roll out", f"build {bp.build_id} to {idle} once its AMI is available")
         )
         return out
     release = Release(image_id, bp.build_id, settings.deploy.instance_type, virtualization)
-    if current.side(live).release == release:
+    try:
+        choice = decide(current, d.history, release, d.name)
+    except DeployError as err:
+        out.append(StagePlan("deploy", "blocked", str(err)))
+        return out
+    s = settings.deploy
+    if choice.kind == "nothing":
         if d.live_template_differs():
             _show_changes(d, current, f"plan-{bp.build_id}-template", "the stack's template changed")
             out.append(
@@ -351,15 +373,22 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
                 )
             )
         else:
-            out.append(StagePlan("deploy", "up to date", f"build {bp.build_id} is live on {live}"))
+            out.append(StagePlan("deploy", "up to date", f"build {bp.build_id} is live on {choice.target}"))
         return out
-    target = opposite(live)
-    s = settings.deploy
+    if choice.kind == "finish":
+        other = opposite(choice.target)
+        out.append(StagePlan("deploy", "would finish", f"the interrupted deploy: scale {other} down"))
+        return out
     steps = rollout.rollout_steps(
-        current, target, release, capacity(settings), s.weight_steps, s.bake_seconds, s.retention_seconds
+        current,
+        choice.target,
+        release,
+        capacity(settings),
+        s.weight_steps,
+        s.bake_seconds,
+        s.retention_seconds,
     )
-    _show_plan(d, current, steps, f"plan-{bp.build_id}")
-    out.append(
-        StagePlan("deploy", "would roll out", f"build {bp.build_id} to {target} in {len(steps)} steps")
-    )
+    show_plan(d, current, steps, f"plan-{bp.build_id}")
+    verb = "would resume" if choice.resumed or choice.target == current.live else "would roll out"
+    out.append(StagePlan("deploy", verb, f"build {bp.build_id} to {choice.target} in {len(steps)} steps"))
     return out

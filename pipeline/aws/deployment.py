@@ -1,8 +1,10 @@
-"""One app/env stack during a rollout: read it, apply parameter sets, judge a colour's health, and run
-the steps of :mod:`pipeline.aws.rollout` with rollback on failure.
+"""One app/env stack during a rollout: read it (its release state and history), apply parameter sets,
+judge a colour's health. (Running the steps of a rollout, with rollback on failure:
+:mod:`pipeline.aws.runner`.)
 
 Nothing here prompts: the caller passes ``confirm`` in :class:`Runtime` (tasks.py asks the user, or
-``--yes`` answers). Waiting uses the injected ``sleep`` and ``clock``.
+``--yes`` answers). Waiting uses the injected ``sleep`` and ``clock``; the history's times come from
+``now`` (the wall clock).
 """
 
 from __future__ import annotations
@@ -10,20 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Any
 
 from pipeline import ui
-from pipeline.aws import calls, cfn, logs, rollout, stack, tags
+from pipeline.aws import cfn, history, rollout, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
+from pipeline.aws.history import History
 from pipeline.aws.params import StackState
-from pipeline.aws.rollout import Step, opposite
 from pipeline.aws.session import Clients
-from pipeline.aws.tags import Color
+from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
-from pipeline.errors import DeployError, PipelineError
+from pipeline.errors import DeployError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class Runtime:
     clock: Callable[[], float] = time.monotonic
     confirm: Callable[[str], bool] = _never  # asked before any change; tasks.py prompts or --yes
     health: HealthSource | None = None  # None: ELBv2 target health, CloudWatch and HTTP probes
+    now: Callable[[], float] = time.time  # the wall clock: when a release started and went live
+
+
+def _plain(parameters: list[dict[str, str]]) -> dict[str, str]:
+    return {p["ParameterKey"]: p["ParameterValue"] for p in parameters}
 
 
 class Deployment:
@@ -67,6 +73,11 @@ class Deployment:
         )
         self.template_sent = False
         self.info: cfn.StackInfo | None = None
+        self.history: History = ()  # the history as this run last sent it (or read it)
+        # The stack as it was before this run changed it: what a rollback restores.
+        self.original: cfn.StackInfo | None = None
+        self.original_template = ""
+        self._role = ""
 
     # -- reading ----------------------------------------------------------------------------------------
 
@@ -75,14 +86,29 @@ class Deployment:
         return self.info
 
     def state(self, info: cfn.StackInfo) -> StackState:
+        """The release state the stack's parameters describe; also loads its history."""
         try:
-            return StackState.from_parameters(
+            state = StackState.from_parameters(
                 info.parameters, self.settings.deploy.vpc_id, self.settings.deploy.subnet_ids
             )
         except (KeyError, ValueError) as err:
             raise DeployError(
                 f"stack {self.name}: its parameters do not describe a blue/green release ({err})",
                 hint="was it made by another tool? remove it with invoke destroy or pick another env",
+            ) from err
+        self.history = self.read_history(info, state)
+        return state
+
+    def read_history(self, info: cfn.StackInfo, state: StackState) -> History:
+        raw = info.parameters.get(history.PARAMETER)
+        if raw is None:  # a stack made before the history was kept: what it runs counts as live
+            return history.seeded(state)
+        try:
+            return history.decode(raw) if raw else ()
+        except ValueError as err:
+            raise DeployError(
+                f"stack {self.name}: its {history.PARAMETER} parameter is not the pipeline's ({err})",
+                hint="was it edited by hand? restore the value it had from the stack's events",
             ) from err
 
     def local_cloud(self) -> bool:
@@ -110,41 +136,87 @@ class Deployment:
         control.check_listener(self.settings, self.info.outputs.get("Url", "") if self.info else "")
         control.check_room(self.settings, new_instances)
 
-    def live_template_differs(self) -> bool:
+    def deployed_template(self) -> str:
         body = self.cf.get_template(StackName=self.name, TemplateStage="Original")["TemplateBody"]
-        deployed = json.loads(body) if isinstance(body, str) else body
-        return bool(deployed != json.loads(self.template))
+        return body if isinstance(body, str) else json.dumps(body)
+
+    def live_template_differs(self) -> bool:
+        return bool(json.loads(self.deployed_template()) != json.loads(self.template))
+
+    def begin(self) -> None:
+        """Remember the stack as it is before the first change (what a failed rollout restores)."""
+        if self.original is None and self.info is not None:
+            self.original = self.info
+            self.original_template = self.deployed_template()
 
     # -- changing ---------------------------------------------------------------------------------------
+
+    def role(self) -> str:
+        """The ARN of the CloudFormation service role every stack call passes (made on the local AWS
+        when it is missing; on AWS an administrator deploys it)."""
+        if not self._role:
+            from pipeline.aws import bootstrap
+
+            local = self.settings.aws.endpoint == "local"
+            self._role = bootstrap.ensure_role(self.settings, self.clients, self.waiter, create=local)
+        return self._role
 
     def events(self, stack_id: str) -> cfn.EventStream:
         return cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]")).open()
 
     def create(self, state: StackState) -> None:
         ui.say(f"creating stack {self.name}")
-        stack_id = cfn.create(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
+        _, wanted = self.wanted(state)
+        stack_id = cfn.create(
+            self.cf, self.name, self.template, _listed(wanted), self.stack_tags, self.role()
+        )
         self.template_sent = True
         events = cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]"))
         self.info = cfn.wait(self.cf, stack_id, events, self.waiter, "create")
 
+    def wanted(self, state: StackState, restoring: bool = False) -> tuple[str, dict[str, str]]:
+        """The template and every parameter an update to ``state`` sends (with the history).
+
+        ``restoring``: the stack as it was before this run (template, network and every other
+        parameter), with only the colours' release state taken from ``state``.
+        """
+        params = _plain(state.parameters())
+        template = self.template
+        if restoring and self.original is not None:
+            template = self.original_template
+            keys = rollout.color_keys()
+            params = {**self.original.parameters, **{k: v for k, v in params.items() if k in keys}}
+        declared = set(json.loads(template).get("Parameters", {}))
+        if history.PARAMETER in declared:
+            on_colours = {state.side(c).release.image_id for c in COLORS}
+            params[history.PARAMETER] = history.encode(history.trim(self.history, on_colours))
+        return template, {k: v for k, v in params.items() if k in declared}
+
     def apply(self, state: StackState, label: str, restoring: bool = False) -> None:
-        """Update the stack to ``state`` (every parameter passed) and wait for it. A no-op when the stack
-        already has exactly these parameters and this run already sent the template (or, ``restoring``,
-        whatever template it has: a rollback is about the release, not the template)."""
+        """Update the stack to ``state`` (every parameter passed, the history included) and wait for
+        it. A no-op when the stack already has exactly these parameters and this run already sent the
+        template (``restoring``: when it has the template it had before this run)."""
         info = self.read()
         if info is None:
             raise DeployError(f"stack {self.name} disappeared during the rollout", hint="invoke status")
-        wanted = {p["ParameterKey"]: p["ParameterValue"] for p in state.parameters()}
-        keys = rollout.color_keys()
-        if (self.template_sent or restoring) and all(info.parameters.get(k) == wanted[k] for k in keys):
+        template, wanted = self.wanted(state, restoring)
+        same = all(info.parameters.get(k) == v for k, v in wanted.items())
+        if same and (
+            json.loads(self.deployed_template()) == json.loads(template) if restoring else self.template_sent
+        ):
             log.info("%s: stack already has these parameters", label)
             return
         ui.say(f"stack update: {label}")
         events = self.events(info.stack_id)
-        changed = cfn.update(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
-        self.template_sent = True
+        changed = cfn.update(self.cf, self.name, template, _listed(wanted), self.stack_tags, self.role())
+        self.template_sent = template == self.template
         if changed:
             self.info = cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")
+        elif not same:
+            raise DeployError(
+                f"stack {self.name}: CloudFormation found nothing to change in an update of its parameters",
+                hint="the template must use every parameter it declares; invoke synth and deploy again",
+            )
 
     def wait_stable(self) -> cfn.StackInfo | None:
         """Let an operation that is still running finish (after Ctrl-C during a wait)."""
@@ -159,6 +231,15 @@ class Deployment:
                 log.info("interrupted operation ended badly: %s", err)
             info = self.read()
         return info
+
+    def group_capacity(self, color: Color) -> int | None:
+        """How many instances the colour's Auto Scaling group wants (None: no such group)."""
+        name = (self.info.outputs if self.info else {}).get(f"{color.capitalize()}ServerGroupName")
+        if not name:
+            return None
+        groups = self.clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+        found = groups.get("AutoScalingGroups", [])
+        return int(found[0]["DesiredCapacity"]) if found else None
 
     # -- health -----------------------------------------------------------------------------------------
 
@@ -195,70 +276,6 @@ class Deployment:
         except KeyError as err:
             raise DeployError(f"stack {self.name} has no output {err}", hint="invoke status") from err
 
-    # -- the rollout ------------------------------------------------------------------------------------
 
-    def run(self, original: StackState, target: Color, steps: list[Step]) -> None:
-        """Carry out ``steps``; roll back to :func:`rollout.restore_state` on any failure before the
-        target has baked at 100%."""
-        settled = False
-        current = original
-        step = steps[0]
-        try:
-            for step in steps:
-                if step.kind == "update" and step.state is not None:
-                    self.apply(step.state, step.label)
-                    current = step.state
-                elif step.kind == "wait_healthy":
-                    ui.say(step.label)
-                    self.gate().wait_healthy(
-                        self.subject(target, current), self.settings.deploy.health_timeout_seconds
-                    )
-                elif step.kind == "bake":
-                    ui.say(f"{step.label} for {step.seconds:g}s")
-                    self.gate().watch(self.subject(target, current), step.seconds)
-                    settled = settled or step.full
-                elif step.kind == "retain":
-                    ui.say(step.label)
-                    self.hold(step.seconds)
-        except (Exception, KeyboardInterrupt) as err:
-            if settled:
-                other = opposite(target)
-                ui.warn(
-                    f"{target} is live with all the traffic; {other} still runs its instances "
-                    "(invoke rollback returns to it; the next deploy scales it down)"
-                )
-                raise
-            cause, hint = (
-                ("interrupted (Ctrl-C)", None) if isinstance(err, KeyboardInterrupt) else _describe(err)
-            )
-            ui.warn(f"{step.label}: {cause}; rolling back")
-            if step.kind in ("wait_healthy", "bake") and not isinstance(err, KeyboardInterrupt):
-                logs.show_failed(self.clients, self.settings, target)  # before its instances go
-            back = rollout.restore_state(original, target)
-            try:
-                self.wait_stable()
-                self.apply(back, f"roll back: {opposite(target)} 100%, {target} 0 instances", restoring=True)
-            except (Exception, KeyboardInterrupt) as rb:
-                raise DeployError(
-                    f"{step.label}: {cause}; the rollback failed too: {_describe(rb)[0]}",
-                    hint=hint or "invoke status shows the state; invoke rollback retries",
-                ) from err
-            raise DeployError(
-                f"{step.label}: {cause}; rolled back: {opposite(target)} has 100% of the traffic, "
-                f"{target} has no instances",
-                hint=hint or "invoke status shows the state; fix the release and deploy again",
-            ) from err
-
-    def hold(self, seconds: float) -> None:
-        end = self.runtime.clock() + seconds
-        while (remaining := end - self.runtime.clock()) > 0:
-            self.runtime.sleep(min(remaining, 60.0))
-
-
-def _describe(err: BaseException) -> tuple[str, str | None]:
-    """What went wrong (one line, no hint) and the hint that goes with it, if any."""
-    if isinstance(err, (ClientError, BotoCoreError)):
-        err = calls.describe(err)
-    if isinstance(err, PipelineError):
-        return " ".join(err.message.split()), err.hint
-    return str(err) or type(err).__name__, None
+def _listed(params: Mapping[str, str]) -> list[dict[str, Any]]:
+    return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(params.items())]

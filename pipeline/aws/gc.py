@@ -3,6 +3,8 @@
 In the home region and every region of ``ami.regions``, for this app and environment, it keeps:
 
 - the newest ``ami.keep`` images per target and virtualization;
+- the images of the last ``ami.keep`` releases that went live on each stack (its release history,
+  :mod:`pipeline.aws.history`): what ``invoke rollback --to BUILD`` can return to;
 - every image a CloudFormation stack still references (any stack parameter whose value is the image
   id: the deploy stage's ``BlueImageId``/``GreenImageId``) or that the latest or default version of a
   launch template names;
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 
 from botocore.exceptions import ClientError
 
+from pipeline.aws import history
 from pipeline.aws import tags as T
 from pipeline.aws.calls import error_code, error_text, one_line_errors
 from pipeline.aws.delta import describe_snapshots
@@ -97,14 +100,18 @@ def plan(
     out = GcPlan(regions)
     scope = T.scope(settings.app.name, settings.env)
     lock_dir = settings.work_dir / "uploads"
+    # Stacks live in the home region; the releases their histories keep are kept in every region.
+    home = references(clients, settings.aws.region, keep)
+    kept_builds = {k.removeprefix("build:"): why for k, why in home.items() if k.startswith("build:")}
     for region in regions:
-        _plan_region(clients.ec2(region), clients, region, scope, keep, grace, now(), lock_dir, out)
+        used = home if region == settings.aws.region else references(clients, region, keep)
+        _plan_region(clients.ec2(region), used, region, scope, keep, grace, now(), lock_dir, out, kept_builds)
     return out
 
 
 def _plan_region(
     ec2: EC2Client,
-    clients: Clients,
+    used: Mapping[str, str],
     region: str,
     scope: Mapping[str, str],
     keep: int,
@@ -112,9 +119,9 @@ def _plan_region(
     now: datetime,
     lock_dir: Path,
     out: GcPlan,
+    kept_builds: Mapping[str, str],
 ) -> None:
     images = describe_images(ec2, region, scope, usable=False)
-    used = references(clients, region)
     groups: dict[tuple[str, str], list[ImageRecord]] = defaultdict(list)
     for image in images:
         groups[(image.tags.get(T.TARGET, ""), image.virtualization)].append(image)
@@ -126,6 +133,8 @@ def _plan_region(
                 out.kept.append((region, image.image_id, f"one of the newest {keep} {target}/{virt} images"))
             elif image.image_id in used:
                 out.kept.append((region, image.image_id, used[image.image_id]))
+            elif image.build_id in kept_builds:
+                out.kept.append((region, image.image_id, kept_builds[image.build_id]))
             else:
                 doomed.append(image)
                 out.removals.append(
@@ -135,7 +144,8 @@ def _plan_region(
                         image.image_id,
                         image.build_id,
                         image.created,
-                        f"older than the newest {keep} {target}/{virt} images, used by no stack",
+                        f"older than the newest {keep} {target}/{virt} images, used by no stack, "
+                        f"not one of the last {keep} live releases",
                     )
                 )
     kept_snapshots = {s for i in images if i not in doomed for s in i.snapshot_ids}
@@ -167,18 +177,31 @@ def _plan_region(
         out.removals.append(Removal(region, "snapshot", sid, build, created, reason))
 
 
-def references(clients: Clients, region: str) -> dict[str, str]:
-    """Image ids that stacks and launch templates in ``region`` still use -> who uses them."""
+def references(clients: Clients, region: str, keep: int) -> dict[str, str]:
+    """Image ids that stacks and launch templates in ``region`` still use -> who uses them (a stack's
+    release history: the images of its last ``keep`` live releases)."""
     used: dict[str, str] = {}
     cfn = clients.cloudformation(region)
     for page in cfn.get_paginator("describe_stacks").paginate():
         for stack in page.get("Stacks", []):
             if stack.get("StackStatus") == "DELETE_COMPLETE":
                 continue
+            name = stack["StackName"]
             for param in stack.get("Parameters", []):
-                value = param.get("ParameterValue", "")
+                key, value = param.get("ParameterKey", ""), param.get("ParameterValue", "")
+                if key == history.PARAMETER:
+                    try:
+                        live = history.live_entries(history.decode(value))[:keep] if value else []
+                    except ValueError:
+                        pass  # not the pipeline's history: its image ids count as any parameter's
+                    else:
+                        for rank, e in enumerate(live, start=1):
+                            why = f"stack {name}: live release {rank} of the last {keep}"
+                            used.setdefault(e.release.image_id, why)
+                            used.setdefault(f"build:{e.release.build_id}", why)
+                        continue
                 for image_id in _image_ids(value):
-                    used.setdefault(image_id, f"stack {stack['StackName']} ({param.get('ParameterKey')})")
+                    used.setdefault(image_id, f"stack {name} ({key})")
     ec2 = clients.ec2(region)
     for lt_page in ec2.get_paginator("describe_launch_templates").paginate():
         for lt in lt_page.get("LaunchTemplates", []):

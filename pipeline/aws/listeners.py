@@ -17,9 +17,10 @@ policy must let Elastic Load Balancing write there (see the README).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from troposphere import Ref, Sub, Template
+from troposphere import Ref, Sub, Tags, Template
 from troposphere import elasticloadbalancingv2 as elb
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ def ports(p: StackParams) -> tuple[int, ...]:
     return (p.listener_port, p.https_port) if p.certificate_arn else (p.listener_port,)
 
 
-def add(t: Template, p: StackParams, alb: Any) -> elb.Listener:
-    """Add the listeners to ``t``; return the one that carries the rules."""
+def add(t: Template, p: StackParams, alb: Any, common: Mapping[str, str]) -> elb.Listener:
+    """Add the listeners to ``t``; return the one that carries the rules. Each carries the stack's
+    tags ``common``: they let its CloudFormation service role change these listeners only."""
     no_route = elb.Action(
         Type="fixed-response",
         FixedResponseConfig=elb.FixedResponseConfig(
@@ -52,6 +54,7 @@ def add(t: Template, p: StackParams, alb: Any) -> elb.Listener:
                 Port=p.listener_port,
                 Protocol="HTTP",
                 DefaultActions=[no_route],
+                Tags=Tags(**common),
             )
         )
     t.add_resource(
@@ -69,6 +72,7 @@ def add(t: Template, p: StackParams, alb: Any) -> elb.Listener:
                     ),
                 )
             ],
+            Tags=Tags(**common),
         )
     )
     return t.add_resource(
@@ -80,6 +84,7 @@ def add(t: Template, p: StackParams, alb: Any) -> elb.Listener:
             SslPolicy=TLS_POLICY,
             Certificates=[elb.Certificate(CertificateArn=p.certificate_arn)],
             DefaultActions=[no_route],
+            Tags=Tags(**common),
         )
     )
 

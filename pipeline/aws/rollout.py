@@ -7,12 +7,17 @@ A rollout moves one colour (the *target*) to a release while the other colour ke
 2. give the target the release and the configured capacity (weight unchanged, normally 0);
 3. wait until all of its targets are healthy;
 4. shift the traffic in steps (``deploy.weight_steps``), holding each for ``deploy.bake_seconds``
-   while watching its health;
-5. wait ``deploy.retention_seconds``, then scale the other colour to 0. Its launch template keeps its
+   while watching its health; a rollout resumed after an interruption first bakes again at the weight
+   it had reached;
+5. record the release as live in the stack's history (it has all the traffic and finished its bake);
+6. wait ``deploy.retention_seconds``, then scale the other colour to 0. Its launch template keeps its
    image, so ``invoke rollback`` can bring it back.
 
-Any failure before the last bake has passed returns to :func:`restore_state`: the other colour takes
-all the traffic again and the target goes back to its previous release with no instances.
+Any failure before step 5 returns to :func:`restore_states`: first the other colour takes all the
+traffic again at its original capacity, then, once the target's connections have drained (the target
+groups' deregistration delay), the target goes back to its previous release with no instances. Two
+updates, because within one update CloudFormation orders the listener rule and the group as it likes:
+the instances could leave while the rule still sends them requests.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Literal
 from pipeline.aws.params import Release, Side, StackState
 from pipeline.aws.tags import COLORS, Color
 
-StepKind = Literal["update", "wait_healthy", "bake", "retain"]
+StepKind = Literal["update", "wait_healthy", "bake", "record", "retain"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +54,8 @@ def rollout_steps(
     bake_seconds: float,
     retention_seconds: float,
 ) -> list[Step]:
-    """The steps that move ``target`` to ``release`` and all the traffic to it."""
+    """The steps that move ``target`` to ``release`` and all the traffic to it (from wherever an
+    earlier, interrupted rollout of the same release left it)."""
     other = opposite(target)
     steps: list[Step] = []
     state = current
@@ -71,6 +77,9 @@ def rollout_steps(
         f"start {capacity} instance(s) of build {release.build_id} as {target}",
     )
     steps.append(Step("wait_healthy", f"wait until {target} is healthy"))
+    reached = state.side(target).weight
+    if reached > 0:  # an interrupted rollout had given it this share: watch it again before going on
+        steps.append(Step("bake", f"bake {target} at {reached}%", seconds=bake_seconds, full=reached == 100))
     for weight in weights:
         if weight <= state.side(target).weight:
             continue
@@ -81,23 +90,36 @@ def rollout_steps(
             f"shift {weight}% of the traffic to {target}",
         )
         steps.append(Step("bake", f"bake {target} at {weight}%", seconds=bake_seconds, full=weight == 100))
-    if state.side(other).capacity > 0:
-        steps.append(
-            Step("retain", f"keep {other} running for {retention_seconds:g}s", seconds=retention_seconds)
-        )
-        update(
-            state.with_side(other, replace(state.side(other), capacity=0)),
-            f"scale {other} to 0 (its launch template and image stay for rollback)",
-        )
+    if state.side(target).weight != 100:  # weight_steps always end at 100 (config checks it)
+        raise ValueError(f"weight steps {list(weights)} do not end at 100")
+    steps.append(Step("record", f"record build {release.build_id} as live"))
+    steps.extend(scale_down_steps(state, other, retention_seconds))
     return steps
 
 
-def restore_state(original: StackState, target: Color) -> StackState:
-    """Where a failed rollout returns to: the other colour takes all the traffic, at its original
-    capacity; the target is back on its previous release with no instances."""
+def scale_down_steps(state: StackState, color: Color, seconds: float) -> list[Step]:
+    """Hold ``seconds``, then scale ``color`` (which has no traffic) to 0, if it still has instances."""
+    if state.side(color).capacity == 0:
+        return []
+    return [
+        Step("retain", f"keep {color} running for {seconds:g}s", seconds=seconds),
+        Step(
+            "update",
+            f"scale {color} to 0 (its launch template and image stay for rollback)",
+            state.with_side(color, replace(state.side(color), capacity=0)),
+        ),
+    ]
+
+
+def restore_states(original: StackState, target: Color, now: StackState) -> tuple[StackState, StackState]:
+    """Where a failed rollout returns to, in two updates: (1) the other colour takes all the traffic
+    at its original capacity and release, the target none (its instances still run while they
+    drain); (2) the target back on its previous release with no instances."""
     other = opposite(target)
-    back = original.with_side(other, replace(original.side(other), weight=100))
-    return back.with_side(target, Side(original.side(target).release, 0, 0))
+    weights = original.with_side(other, replace(original.side(other), weight=100)).with_side(
+        target, replace(now.side(target), weight=0)
+    )
+    return weights, weights.with_side(target, Side(original.side(target).release, 0, 0))
 
 
 def first_state(

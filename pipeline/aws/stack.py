@@ -198,7 +198,7 @@ def blueprint(p: StackParams) -> Template:
             Tags=Tags(**common),
         )
     )
-    listener = listeners.add(t, p, alb)  # the HTTPS listener with a certificate, else the HTTP one
+    listener = listeners.add(t, p, alb, common)  # the HTTPS listener with a certificate, else HTTP
 
     groups: dict[Color, Any] = {}
     for color in COLORS:
@@ -217,6 +217,7 @@ def blueprint(p: StackParams) -> Template:
                     )
                 ],
                 Actions=[elb.ListenerRuleAction(Type="forward", TargetGroupArn=Ref(groups[color]))],
+                Tags=Tags(**common),
             )
         )
     t.add_resource(
@@ -240,8 +241,11 @@ def blueprint(p: StackParams) -> Template:
                     ),
                 )
             ],
+            Tags=Tags(**common),
         )
     )
+
+    history = _history_parameter(t)
 
     t.add_condition("BlueIsLive", Equals(Ref("BlueWeight"), "100"))
     t.add_condition("GreenIsLive", Equals(Ref("GreenWeight"), "100"))
@@ -254,9 +258,26 @@ def blueprint(p: StackParams) -> Template:
                 Description="the colour with all the traffic, or shifting",
                 Value=If("BlueIsLive", "blue", If("GreenIsLive", "green", "shifting")),
             ),
+            # The history is an output too: an update that changes only the history then changes
+            # the stack's outputs, which CloudFormation performs (an unused parameter alone it may
+            # report as "no updates").
+            Output("ReleaseHistory", Description="the releases (see invoke history)", Value=Ref(history)),
         ]
     )
     return t
+
+
+def _history_parameter(t: Template) -> Parameter:
+    """The release history (:mod:`pipeline.aws.history`): written by the pipeline with every update."""
+    return t.add_parameter(
+        Parameter(
+            "History",
+            Type="String",
+            Default="",
+            MaxLength=4096,  # CloudFormation's limit for a parameter value
+            Description="release history kept by the pipeline (invoke history shows it; do not edit)",
+        )
+    )
 
 
 def _color_parameters(t: Template, color: Color, target: str) -> dict[str, Parameter]:
@@ -493,13 +514,19 @@ CFN_DIR = "cfn"
 
 
 def committed_templates(root: Path) -> dict[Path, str]:
-    """The templates ``invoke synth`` writes: one per environment in pipeline.toml, by stack name."""
+    """The templates ``invoke synth`` writes: per environment in pipeline.toml, the stack's (by stack
+    name) and the bootstrap stack's with its CloudFormation service role (``<stack>-role.json``)."""
     from pipeline import config
+    from pipeline.aws import service_role
 
     out: dict[Path, str] = {}
     for env in environments(root):
-        p = params_for(config.load(root, env=env))
+        settings = config.load(root, env=env)
+        p = params_for(settings)
         out[root / CFN_DIR / f"{p.stack_name}.json"] = render(p)
+        out[root / CFN_DIR / f"{service_role.bootstrap_stack_name(settings)}.json"] = service_role.template(
+            settings
+        )
     return out
 
 

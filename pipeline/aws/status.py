@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, gc
+from pipeline.aws import cfn, gc, history
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime
 from pipeline.aws.gc import GcPlan
@@ -30,6 +30,7 @@ class ColorStatus:
     capacity: int
     instances: int
     targets: tuple[Target, ...]
+    was_live: bool = True  # False: its release never went live (an unfinished or failed deploy)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Status:
                     "capacity": c.capacity,
                     "instances": c.instances,
                     "targets": {t.target_id: t.state for t in c.targets},
+                    "was_live": c.was_live,
                 }
                 for c in self.colors
             ],
@@ -102,6 +104,7 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
                 capacity=side.capacity,
                 instances=len(instances),
                 targets=targets,
+                was_live=history.was_live(d.history, side.release.image_id),
             )
         )
     return Status(d.name, info.status, d.url(info), state.live, tuple(rows))
@@ -117,7 +120,7 @@ def show_status(st: Status | None, stack_name: str) -> None:
         ("colour", "traffic", "AMI", "build", "instance type", "capacity", "instances", "targets"),
         [
             (
-                c.color + (" (live)" if st.live == c.color else ""),
+                c.color + (" (never live)" if not c.was_live else " (live)" if st.live == c.color else ""),
                 f"{c.weight}%",
                 c.image_id,
                 c.build_id,
@@ -182,7 +185,7 @@ def destroy(
             ui.done(f"stack {d.name} deleted")
             return Destroyed(d.name, True, gc.plan(clients, settings))
     events = d.events(info.stack_id)
-    cfn.delete(d.cf, info.stack_id)
+    cfn.delete(d.cf, info.stack_id, d.role())
     cfn.wait(d.cf, info.stack_id, events, d.waiter, "delete")
     ui.done(f"stack {d.name} deleted")
     return Destroyed(d.name, True, gc.plan(clients, settings))

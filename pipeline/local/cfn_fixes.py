@@ -11,6 +11,10 @@ cycle offline.
 - moto updates an ``AWS::ElasticLoadBalancingV2::ListenerRule`` whose ``ListenerArn`` changed in
   place, on its old listener; for CloudFormation that change requires replacement: a new rule on the
   new listener, then the old one deleted (a stack that gains an HTTPS listener moves its rules there).
+- moto updates an Auto Scaling group by deleting and creating it again. When the create fails (a bad
+  subnet, say), the stack still names the group it deleted, and every later update or rollback of
+  the stack fails with "AutoScalingGroup name not found". CloudFormation counts a resource that is
+  already gone as deleted; so does the local AWS.
 
 :func:`apply` installs them. It must run in the process that serves the local AWS (it changes moto's
 in-memory classes); it is idempotent.
@@ -40,6 +44,7 @@ def apply() -> None:
     RouteTable._pipeline_cfn_delete = True  # type: ignore[attr-defined]
     _load_balancer_attributes()
     _rule_replacement()
+    _tolerate_deleted_groups()
 
 
 def _attributes(properties: dict[str, Any]) -> dict[str, str]:
@@ -102,3 +107,16 @@ def _rule_replacement() -> None:
         return replacement
 
     FakeListenerRule.update_from_cloudformation_json = classmethod(update_or_replace)  # type: ignore[method-assign,assignment]
+
+
+def _tolerate_deleted_groups() -> None:
+    from moto.autoscaling.models import FakeAutoScalingGroup, autoscaling_backends
+
+    def delete_from_cloudformation_json(
+        cls: type, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        backend: Any = autoscaling_backends[account_id][region_name]
+        if resource_name in backend.autoscaling_groups:
+            backend.delete_auto_scaling_group(resource_name)
+
+    FakeAutoScalingGroup.delete_from_cloudformation_json = classmethod(delete_from_cloudformation_json)  # type: ignore[method-assign,assignment]
