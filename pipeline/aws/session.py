@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
     from mypy_boto3_iam import IAMClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_sts import STSClient
 
 CONNECT_TIMEOUT = 5  # seconds; an endpoint that does not accept a connection by then is down
@@ -79,6 +80,9 @@ class Clients:
 
     def autoscaling(self, region: str | None = None) -> AutoScalingClient:
         return self.client("autoscaling", region)  # type: ignore[no-any-return]
+
+    def kms(self, region: str | None = None) -> KMSClient:
+        return self.client("kms", region)  # type: ignore[no-any-return]
 
     def iam(self) -> IAMClient:
         return self.client("iam")  # type: ignore[no-any-return]

@@ -40,6 +40,9 @@ PARENT_SNAPSHOT = "ParentSnapshot"  # the snapshot the upload was a delta agains
 SOURCE_IMAGE = "SourceImage"  # on copies: "region/ami-..." they were copied from
 DEPRECATE_AT = "DeprecateAt"  # the deprecation time the pipeline set (ISO 8601, UTC)
 
+# The tags that make images and snapshots one series (delta parents, reuse, gc groups are per series).
+SERIES = (MANAGED, APP, ENV, TARGET, VIRTUALIZATION)
+
 UPLOAD_INCOMPLETE = "incomplete"
 UPLOAD_COMPLETE = "complete"
 NO_PARENT = "none"

@@ -278,8 +278,8 @@ class LocalCloud:
                     f"image {view.image_id} has no {T.SNAPSHOT} tag: it was not uploaded by invoke ami"
                 )
             with self._clients_lock:
-                ebs, ec2 = self._clients.ebs(view.region), self._clients.ec2(view.region)
-            disk = self.cache.get(ebs, ec2, snapshot, image_tags.get(T.IMAGE_SHA256, ""))
+                ebs = self._clients.ebs(view.region)
+            disk = self.cache.get(ebs, snapshot, image_tags.get(T.IMAGE_SHA256, ""))
             machine_dir = self.dir / "vms" / view.instance_id
             machine_dir.mkdir(parents=True, exist_ok=True)
             scratch = make_scratch(machine_dir / "scratch.img", view.scratch_gib)
