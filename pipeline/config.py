@@ -112,7 +112,7 @@ class AppSettings:
     acceptors: int = check("integer 1-1024", _between(1, 1024), 8)
     max_connections: int = check("integer 1-1000000", _between(1, 1_000_000), 1024)
     request_timeout_ms: int = check("integer 100-600000", _between(100, 600_000), 5000)
-    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 60000)
+    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 75000)
     max_body_bytes: int = check("integer 0-104857600", _between(0, 104_857_600), 65536)
     scratch_dir: str = check("an absolute path without spaces", _abs_path, "/scratch")
     storage: Literal["auto", "disc", "ram"] = "auto"
@@ -190,6 +190,9 @@ class DeploySettings:
     vpc_id: str = ""  # "" = the stack makes its own small VPC
     subnet_ids: tuple[str, ...] = ()
     scratch_size_gib: int = check("integer 1-16384", _between(1, 16384), 1)
+    # The load balancer's idle timeout (ELBv2 attribute idle_timeout.timeout_seconds: 1-4000, 60 by
+    # default); the app's keep-alive idle timeout must be longer (_check_combinations).
+    idle_timeout_seconds: int = check("integer 1-4000", _between(1, 4000), 60)
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,18 @@ def _check_combinations(s: Settings) -> None:
         raise ConfigError(
             f'{src}: deploy.virtualization: the ling target boots only as a Xen PV guest, got "hvm"',
             hint='use "pv" or "auto" (and a PV instance type such as m3.medium) for ling',
+        )
+    # The app's contract: it closes an idle keep-alive connection only after the load balancer would
+    # have; otherwise the load balancer reuses a connection the app is closing and answers 502 (ALB
+    # user guide, "Connection idle timeout": configure the target's timeout larger than the balancer's).
+    balancer_ms = s.deploy.idle_timeout_seconds * 1000
+    if s.app.idle_timeout_ms <= balancer_ms:
+        raise ConfigError(
+            f"{src}: app.idle_timeout_ms: the app's keep-alive idle timeout ({s.app.idle_timeout_ms} ms) "
+            f"must be longer than the load balancer's, deploy.idle_timeout_seconds "
+            f"({s.deploy.idle_timeout_seconds} s)",
+            hint=f"set app.idle_timeout_ms above {balancer_ms} (e.g. {balancer_ms + 15000}) or lower "
+            "deploy.idle_timeout_seconds",
         )
     if bool(s.deploy.vpc_id) != bool(s.deploy.subnet_ids):
         raise ConfigError(

@@ -3,6 +3,13 @@ uploaded image as a VM behind the local load balancer; a second release moves th
 request while a load loop runs; a release that fails its health check is rolled back by the pipeline;
 ``invoke rollback`` returns to the previous release.
 
+What the load loops count as failed: every request that got no answer or an answer other than 200.
+The local load balancer fails open as an ALB does (a colour whose targets are all unhealthy still gets
+its share of the traffic, to those targets), so a colour that broke while it had traffic would show
+here as failed requests; each test also checks that no request went to a colour without a healthy
+target (the balancer's ``fail_open`` count), which is what "0 failed" rests on: the health gate gives
+a colour traffic only once it is healthy, and a broken release never gets any.
+
 The tests run in order on one project copy and one local AWS (each builds on the state the one before
 left), on free ports. The first release boots the exact hvm-uefi disk through OVMF (the shipped
 ``local.boot``); the others boot the kernel and initramfs taken out of the same disk (faster).
@@ -55,6 +62,10 @@ class Cloud:
         ) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
+
+    def fail_open(self) -> int:
+        """Requests the local load balancer sent to a colour that had no healthy target."""
+        return int(self.state()["requests"].get("fail_open", 0))
 
     def machines(self) -> dict[str, dict[str, Any]]:
         return {m["instance_id"]: m for m in self.state()["machines"]}
@@ -129,12 +140,14 @@ def test_1_build_ami_deploy_serves_the_uploaded_image_through_the_local_load_bal
 
 def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None:
     before = cloud.machines()
+    fail_open = cloud.fail_open()
     with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
         out = release(cloud, f'app.greeting="{V2}"', "local.boot=direct")
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]
     figures = report("second release", loop, V1, V2)
     assert loop.failed == [], loop.summary()
+    assert cloud.fail_open() == fail_open  # no request went to a colour without a healthy target
     assert loop.bodies() == [V1, V2]  # the old greeting, then the new one, never back
     assert figures["cutover_seconds"] is not None and loop.answers[-1].body == V2
     new_build = build.plan(cloud.settings(f'app.greeting="{V2}"')).build_id
@@ -148,6 +161,7 @@ def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud) -> None
 
 def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(cloud: Cloud) -> None:
     before = cloud.machines()
+    fail_open = cloud.fail_open()
     with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
         out = release(cloud, f'app.greeting="{V3}"', "local.boot=direct", *BROKEN)
         time.sleep(1)
@@ -158,21 +172,27 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
         and "rolled back: green has 100%" in last
     )
     # the VM booted and its app answered, with 503: the storage it was told to use cannot exist
-    assert "unhealthy (Target.ResponseCodeMismatch)" in out.stderr
+    assert (
+        "unhealthy (Target.ResponseCodeMismatch: Health checks failed with these codes: [503])" in out.stderr
+    )
     report("failed release", loop, V2, V3)
+    # 0 failed: the broken colour never had a weight, so its failing open could not reach anyone
     assert loop.failed == [], loop.summary()
+    assert cloud.fail_open() == fail_open
     assert loop.bodies() == [V2]
     until("the broken VM is gone", lambda: set(cloud.machines()) == set(before), 60)
     assert set(qemu_processes(str(cloud.root))) == {m["pid"] for m in before.values()}
 
 
 def test_4_rollback_returns_to_the_previous_release_with_no_failed_request(cloud: Cloud) -> None:
+    fail_open = cloud.fail_open()
     with LoadLoop(cloud.url, interval=0.05, max_seconds=600) as loop:
         out = cloud.run(["rollback", "--yes", *cloud.args("local.boot=direct")])
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]
     report("rollback", loop, V2, V1)
     assert loop.failed == [], loop.summary()
+    assert cloud.fail_open() == fail_open
     assert loop.bodies() == [V2, V1]
     left = until(
         "the newer release's VM is gone", lambda: len(cloud.machines()) == 1 and cloud.machines(), 60

@@ -186,7 +186,7 @@ def _show_plan(d: Deployment, current: StackState, steps: list[Step], change_set
 def _show_changes(
     d: Deployment, state: StackState, change_set: str, label: str, before: StackState | None = None
 ) -> None:
-    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, state.parameters(), d.waiter)
+    changes = cfn.plan_update(d.cf, d.name, change_set, d.template, d.parameters(state), d.waiter)
     if changes:
         ui.table(
             f"plan: {label}",

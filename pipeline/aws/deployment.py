@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
-from pipeline.aws import calls, cfn, rollout, stack, tags
+from pipeline.aws import calls, cfn, probe, rollout, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.params import StackState
 from pipeline.aws.rollout import Step, opposite
@@ -115,6 +115,11 @@ class Deployment:
         deployed = json.loads(body) if isinstance(body, str) else body
         return bool(deployed != json.loads(self.template))
 
+    def parameters(self, state: StackState) -> list[dict[str, str]]:
+        """Every parameter of ``state`` and the probe token: the stack's while the releases stay, a new
+        one when a colour gets another release (:mod:`pipeline.aws.probe`)."""
+        return probe.with_token(state.parameters(), self.info.parameters if self.info else None)
+
     # -- changing ---------------------------------------------------------------------------------------
 
     def events(self, stack_id: str) -> cfn.EventStream:
@@ -122,7 +127,7 @@ class Deployment:
 
     def create(self, state: StackState) -> None:
         ui.say(f"creating stack {self.name}")
-        stack_id = cfn.create(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
+        stack_id = cfn.create(self.cf, self.name, self.template, self.parameters(state), self.stack_tags)
         self.template_sent = True
         events = cfn.EventStream(self.cf, stack_id, lambda line: ui.say(f"  [dim]{line}[/dim]"))
         self.info = cfn.wait(self.cf, stack_id, events, self.waiter, "create")
@@ -141,7 +146,7 @@ class Deployment:
             return
         ui.say(f"stack update: {label}")
         events = self.events(info.stack_id)
-        changed = cfn.update(self.cf, self.name, self.template, state.parameters(), self.stack_tags)
+        changed = cfn.update(self.cf, self.name, self.template, self.parameters(state), self.stack_tags)
         self.template_sent = True
         if changed:
             self.info = cfn.wait(self.cf, info.stack_id, events, self.waiter, f"update ({label})")
@@ -169,7 +174,8 @@ class Deployment:
         probe_url = outputs.get("Url") if self.settings.aws.endpoint == "aws" else None
         if self.local_cloud():
             probe_url = self.url()  # the local load balancer
-        return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url)
+        token = self.info.parameters.get(probe.PARAMETER, "") if self.info else ""
+        return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url, token)
 
     def gate(self) -> HealthGate:
         return HealthGate(

@@ -4,12 +4,16 @@ A :class:`Listener` is what ELBv2 holds for one listener: its rules in priority 
 action. :func:`route` finds the action of the first rule whose conditions all match the request (the
 ALB condition types ``path-pattern``, ``http-header``, ``host-header`` and ``http-request-method``;
 a rule with a condition of another type never matches). :func:`choose` picks a target for a forward
-action: a target group by weight, then the next of its routable targets in turn (round robin).
+action: a target group by weight, then the next of its targets in turn (round robin).
 
-One deliberate difference from an ALB: a target group with no routable (healthy, not draining)
-target is left out of the weighted choice instead of failing open to its unhealthy targets, so a
-colour that is still booting or draining never gets a request; when no group of the action has a
-routable target, :func:`choose` returns None and the request gets 503.
+Which targets of a group take requests is an ALB's rule ("Health checks for Application Load Balancer
+target groups": "If a target group contains only unhealthy registered targets, the load balancer
+routes requests to all those targets, regardless of their health status"): its healthy targets; when
+it has none, every registered target that is not draining (the group **fails open**, and requests to
+a colour that broke while it had traffic fail until the rollback takes its weight away). A draining
+target (deregistered, or its instance terminated) takes no new request, and a group with no such
+target at all is left out of the choice; when no group of the action is left, :func:`choose` returns
+None and the request gets 503.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class Listener:
     dns_name: str
     rules: tuple[Rule, ...]  # by priority
     default: Action
+    idle_timeout: float = 60.0  # the load balancer's idle_timeout.timeout_seconds (AWS's default: 60)
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,15 @@ def route(listener: Listener, request: Request) -> Action:
 # -- choosing a target ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Pick:
+    target: str
+    fail_open: bool  # its group had no healthy target: picked regardless of its health
+
+
 @dataclass
 class Chooser:
-    """Picks targets: a group by weight (``rng``), then its routable targets in turn."""
+    """Picks targets: a group by weight (``rng``), then its targets in turn."""
 
     rng: random.Random = field(default_factory=random.Random)
     _turns: dict[str, itertools.count[int]] = field(default_factory=dict)
@@ -167,20 +178,25 @@ class Chooser:
         self,
         action: Forward,
         members: Mapping[str, Sequence[str]],
-        routable: Callable[[str], bool],
+        health: Callable[[str], str],
         exclude: frozenset[str] = frozenset(),
-    ) -> str | None:
-        """A routable target of ``action``'s groups (``members``: group ARN -> its registered targets),
-        or None if no group with a weight above 0 has one. ``exclude`` are targets already tried."""
-        candidates: list[tuple[str, int, list[str]]] = []
+    ) -> Pick | None:
+        """A target of ``action``'s groups (``members``: group ARN -> its registered targets; ``health``:
+        a target's state, ``healthy``, ``initial``, ``unhealthy`` or ``draining``; "" for one the cloud
+        does not run), or None if no group with a weight above 0 has one. ``exclude`` are targets
+        already tried."""
+        candidates: list[tuple[str, int, list[str], bool]] = []
         for arn, weight in action.groups:
             if weight <= 0:
                 continue
-            ready = [t for t in members.get(arn, ()) if t not in exclude and routable(t)]
+            states = {t: health(t) for t in members.get(arn, ())}
+            registered = [t for t, state in states.items() if state not in ("draining", "")]
+            healthy = [t for t in registered if states[t] == "healthy"]
+            ready = [t for t in (healthy or registered) if t not in exclude]
             if ready:
-                candidates.append((arn, weight, ready))
+                candidates.append((arn, weight, ready, not healthy))
         if not candidates:
             return None
-        arn, _, ready = self.rng.choices(candidates, weights=[w for _, w, _ in candidates])[0]
+        arn, _, ready, fail_open = self.rng.choices(candidates, weights=[w for _, w, _, _ in candidates])[0]
         turn = next(self._turns.setdefault(arn, itertools.count()))
-        return ready[turn % len(ready)]
+        return Pick(ready[turn % len(ready)], fail_open)

@@ -1,0 +1,112 @@
+"""What the local AWS's own API says about the instances the local cloud runs (in its process).
+
+moto's ``DescribeTargetHealth`` calls every target ``healthy`` and its ``GetConsoleOutput`` answers a
+fixed sample text. Once the local cloud is active (:func:`activate`), they report what the cloud sees:
+the target health its health checks measure (``initial`` while a VM boots, ``unhealthy`` with the
+reason when it fails or cannot run at all, ``draining`` once its instance is terminated), and the end
+of the VM's serial console, or why the instance could not run (its image's disk cannot be read, say),
+as EC2 shows a console. This module is the only one besides :mod:`pipeline.local.world` that knows
+moto's classes from the inside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.local.registry import Registry
+
+CONSOLE_BYTES = 64 * 1024  # EC2 keeps the most recent 64 KB of an instance's console output
+
+_registry: Registry | None = None
+_enabled: Callable[[], bool] = lambda: False  # noqa: E731 - the cloud's run_instances, read live
+_original_health_for: Any = None
+
+
+def activate(registry: Registry, enabled: Callable[[], bool]) -> None:
+    """Report the machines of ``registry`` from now on (while ``enabled()``); installs the hooks once."""
+    global _registry, _enabled
+    _install_health_hook()
+    _install_console_hook()
+    _registry, _enabled = registry, enabled
+
+
+def deactivate(registry: Registry) -> None:
+    global _registry
+    if _registry is registry:
+        _registry = None
+
+
+def _install_health_hook() -> None:
+    """Make moto's target health report what the local cloud's health checks see (once per process)."""
+    global _original_health_for
+    from moto.elbv2 import models
+
+    if _original_health_for is not None:
+        return
+    _original_health_for = models.FakeTargetGroup.health_for
+
+    def health_for(group: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+        status = _original_health_for(group, target, ec2_backend)
+        registry = _registry
+        if registry is None or not _enabled() or status.status in ("unused", "unavailable"):
+            return status
+        target_id = str(target["Id"])
+        known = registry.health_of(target_id)
+        if known is not None:
+            state, reason, description = known
+            return models.FakeHealthStatus(
+                target_id, status.port, group.health_check_port, state, reason or None, description or None
+            )
+        instance = ec2_backend.get_instance_by_id(target_id) if target_id.startswith("i-") else None
+        if instance is None or instance.state != "running":
+            # A terminated instance of a replaced group (moto leaves it registered) is leaving.
+            return models.FakeHealthStatus(
+                target_id, status.port, group.health_check_port, "draining",
+                "Target.DeregistrationInProgress", "Target deregistration is in progress",
+            )  # fmt: skip
+        # Registered in this very request: the cloud has not seen it yet.
+        return models.FakeHealthStatus(
+            target_id, status.port, group.health_check_port, "initial",
+            "Elb.RegistrationInProgress", "Target registration is in progress",
+        )  # fmt: skip
+
+    models.FakeTargetGroup.health_for = health_for  # type: ignore[method-assign,assignment]
+
+
+def console_output(instance_id: str) -> str | None:
+    """What ``GetConsoleOutput`` shows for an instance of the local cloud: the end of its VM's serial
+    console, and why it could not run if it could not; None for an instance the cloud does not run."""
+    registry = _registry
+    machine = registry.get(instance_id) if registry is not None else None
+    if machine is None:
+        return None
+    text = ""
+    if machine.console_log is not None:
+        with contextlib.suppress(OSError):
+            text = machine.console_log.read_bytes()[-CONSOLE_BYTES:].decode("utf-8", "replace")
+    if machine.error:
+        text += f"\nlocal cloud: instance {instance_id} cannot run: {machine.error}\n"
+    return text
+
+
+def _install_console_hook() -> None:
+    """Make moto's GetConsoleOutput (a fixed sample text) show the local VM's console (once)."""
+    from moto.core.types import Base64EncodedString
+    from moto.ec2.responses.general import General
+
+    if getattr(General, "_pipeline_console", False):
+        return
+    original = General.get_console_output
+
+    def get_console_output(self: Any) -> Any:
+        result = original(self)
+        text = console_output(self._get_param("InstanceId"))
+        data = result.result
+        if text is not None and isinstance(data, dict):
+            data["Output"] = Base64EncodedString.from_raw_string(text)
+        return result
+
+    General.get_console_output = get_console_output  # type: ignore[method-assign]
+    General._pipeline_console = True  # type: ignore[attr-defined]
