@@ -176,6 +176,8 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
         },
         "config_digest": p.config_digest,
         "config": baked_config(settings),
+        # The --set overrides among this build's inputs (provenance: not what pipeline.toml says).
+        "overrides": [o for o in settings.overrides if o.split(".", 1)[0] in p.inputs["settings"]],
         "inputs": p.inputs,
         "outputs": file_entries(out, skip_dirs=SELF_DESCRIBED_DIRS),
         "image": image,

@@ -230,6 +230,7 @@ class Settings:
     ami: AmiSettings
     deploy: DeploySettings
     local: LocalSettings
+    overrides: tuple[str, ...] = ()  # the --set SECTION.KEY=VALUE given, as given (provenance)
 
     @property
     def app_dir(self) -> Path:
@@ -313,8 +314,9 @@ def load(
             hint=f"defined environments: {known}; add [env.{chosen}] or pass --env",
         )
     merged = _merge(base, _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src))
+    overrides = tuple(o.strip() for o in overrides)
     merged = _merge(merged, _parse_overrides(overrides))
-    return _build(merged, chosen, root)
+    return _build(merged, chosen, root, overrides)
 
 
 def _check_layer(layer: Mapping[str, Any], prefix: str, src: str) -> dict[str, dict[str, Any]]:
@@ -402,9 +404,11 @@ def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> d
     return out
 
 
-def _build(merged: dict[str, dict[str, Any]], env: str, root: Path) -> Settings:
+def _build(
+    merged: dict[str, dict[str, Any]], env: str, root: Path, overrides: tuple[str, ...] = ()
+) -> Settings:
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
-    settings = Settings(env=env, root=root, **sections)
+    settings = Settings(env=env, root=root, overrides=overrides, **sections)
     _check_combinations(settings)
     return settings
 
