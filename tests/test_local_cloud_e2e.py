@@ -6,9 +6,10 @@ request while a load loop runs; a release that fails its health check is rolled 
 What the load loops count as failed: every request that got no answer or an answer other than 200.
 The local load balancer fails open as an ALB does (a colour whose targets are all unhealthy still gets
 its share of the traffic, to those targets), so a colour that broke while it had traffic would show
-here as failed requests; each test also checks that no request went to a colour without a healthy
-target (the balancer's ``fail_open`` count), which is what "0 failed" rests on: the health gate gives
-a colour traffic only once it is healthy, and a broken release never gets any.
+here as failed requests. "0 failed" rests on the health gate: it gives a colour traffic only once it is
+healthy, and a broken release never gets any. The balancer's ``fail_open`` count says how many requests
+went to a colour whose targets were all unhealthy: none in a good release or a rollback; in the failed
+release only the gate's own probes of the broken colour (through its probe rule), never a user's.
 
 The tests run in order on one project copy and one local AWS (each builds on the state the one before
 left), on free ports. The first release boots the exact hvm-uefi disk through OVMF (the shipped
@@ -176,9 +177,10 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
         "unhealthy (Target.ResponseCodeMismatch: Health checks failed with these codes: [503])" in out.stderr
     )
     report("failed release", loop, V2, V3)
-    # 0 failed: the broken colour never had a weight, so its failing open could not reach anyone
+    # 0 failed: the broken colour never had a weight, so failing open took no user's request there;
+    # the gate's probes did reach it (its probe rule has only that colour), as they would on an ALB
     assert loop.failed == [], loop.summary()
-    assert cloud.fail_open() == fail_open
+    assert cloud.fail_open() > fail_open
     assert loop.bodies() == [V2]
     until("the broken VM is gone", lambda: set(cloud.machines()) == set(before), 60)
     assert set(qemu_processes(str(cloud.root))) == {m["pid"] for m in before.values()}

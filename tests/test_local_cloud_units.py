@@ -125,7 +125,7 @@ def test_a_group_with_no_healthy_target_fails_open_to_all_its_registered_targets
     contains only unhealthy registered targets, the load balancer routes requests to all those targets,
     regardless of their health status." Draining targets take no new requests."""
     members = {BLUE: ["i-b1"], GREEN: ["i-g1", "i-g2", "i-g3"]}
-    states = {"i-b1": "healthy", "i-g1": "unhealthy", "i-g2": "initial", "i-g3": "draining"}
+    states = {"i-b1": "healthy", "i-g1": "unhealthy", "i-g2": "unhealthy", "i-g3": "draining"}
     chooser = Chooser(random.Random(1))
     picks = [
         chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, states.__getitem__) for _ in range(400)
@@ -134,6 +134,12 @@ def test_a_group_with_no_healthy_target_fails_open_to_all_its_registered_targets
     to_green = [p for p in picks if p and p.target.startswith("i-g")]
     assert 150 < len(to_green) < 250  # green keeps its share: its weight is not handed to blue
     assert {p.target for p in to_green} == {"i-g1", "i-g2"} and all(p.fail_open for p in to_green)
+    # a target still in its initial checks is not in service: a group of only those is left out
+    states.update({"i-g1": "initial", "i-g2": "unhealthy"})
+    assert {
+        chooser.choose(Forward(((GREEN, 50), (BLUE, 50))), members, states.__getitem__).target
+        for _ in range(50)
+    } == {"i-b1"}  # type: ignore[union-attr]
     # a group with a healthy target sends only to it
     states["i-g2"] = "healthy"
     assert {

@@ -9,11 +9,11 @@ action: a target group by weight, then the next of its targets in turn (round ro
 Which targets of a group take requests is an ALB's rule ("Health checks for Application Load Balancer
 target groups": "If a target group contains only unhealthy registered targets, the load balancer
 routes requests to all those targets, regardless of their health status"): its healthy targets; when
-it has none, every registered target that is not draining (the group **fails open**, and requests to
-a colour that broke while it had traffic fail until the rollback takes its weight away). A draining
-target (deregistered, or its instance terminated) takes no new request, and a group with no such
-target at all is left out of the choice; when no group of the action is left, :func:`choose` returns
-None and the request gets 503.
+every target it has is unhealthy, all of them (the group **fails open**, and requests to a colour that
+broke while it had traffic fail until the rollback takes its weight away). Targets still in their
+initial checks are not in service yet, and a draining one (deregistered, or its instance terminated)
+takes no new request; a group with nothing to route to is left out of the choice, and when no group of
+the action is left, :func:`choose` returns None and the request gets 503.
 """
 
 from __future__ import annotations
@@ -183,18 +183,19 @@ class Chooser:
     ) -> Pick | None:
         """A target of ``action``'s groups (``members``: group ARN -> its registered targets; ``health``:
         a target's state, ``healthy``, ``initial``, ``unhealthy`` or ``draining``; "" for one the cloud
-        does not run), or None if no group with a weight above 0 has one. ``exclude`` are targets
-        already tried."""
+        does not run), or None if no group with a weight above 0 has one to route to. ``exclude`` are
+        targets already tried."""
         candidates: list[tuple[str, int, list[str], bool]] = []
         for arn, weight in action.groups:
             if weight <= 0:
                 continue
             states = {t: health(t) for t in members.get(arn, ())}
-            registered = [t for t, state in states.items() if state not in ("draining", "")]
-            healthy = [t for t in registered if states[t] == "healthy"]
-            ready = [t for t in (healthy or registered) if t not in exclude]
+            serving = [t for t, state in states.items() if state not in ("draining", "")]
+            healthy = [t for t in serving if states[t] == "healthy"]
+            fail_open = bool(serving) and all(states[t] == "unhealthy" for t in serving)
+            ready = [t for t in (serving if fail_open else healthy) if t not in exclude]
             if ready:
-                candidates.append((arn, weight, ready, not healthy))
+                candidates.append((arn, weight, ready, fail_open))
         if not candidates:
             return None
         arn, _, ready, fail_open = self.rng.choices(candidates, weights=[w for _, w, _, _ in candidates])[0]
