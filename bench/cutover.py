@@ -14,7 +14,9 @@ local load balancer the whole time (loopback, one request every 20 ms, bounded i
 
 For each it prints: the time from the deploy's start to the new VMs being healthy, the time the weight
 shift took (first weight update to the end of the last), the requests served and failed during the
-shift and over the whole deploy, and the peak memory (resident, summed) of the VMs. Target: 0 failed
+shift and over the whole deploy (failed: no answer, or one other than 200), the requests the local load
+balancer sent to a colour with no healthy target (it fails open as an ALB does, so such requests reach
+targets that may not answer), and the peak memory (resident, summed) of the VMs. Target: 0 failed
 requests in every blue/green run. Other work on this machine slows the VMs' boots; the baseline ran
 in the same conditions.
 """
@@ -103,9 +105,13 @@ class Project:
     def machines(self) -> list[dict[str, Any]]:
         return list((control.status(self.settings()) or {}).get("machines", []))
 
+    def fail_open(self) -> int:
+        """Requests the local load balancer sent to a colour that had no healthy target (so far)."""
+        return int((control.status(self.settings()) or {}).get("requests", {}).get("fail_open", 0))
+
 
 def report(name: str, loop: LoadLoop, t0: float, shift: tuple[float, float] | None, healthy: float | None,
-           mem: MemorySampler, end: float) -> dict[str, Any]:  # fmt: skip
+           mem: MemorySampler, end: float, fail_open: int) -> dict[str, Any]:  # fmt: skip
     start = t0 - loop.started
     during = [a for a in loop.answers if shift and shift[0] - loop.started <= a.at <= shift[1] - loop.started]
     whole = [a for a in loop.answers if start <= a.at <= end - loop.started]
@@ -117,6 +123,7 @@ def report(name: str, loop: LoadLoop, t0: float, shift: tuple[float, float] | No
         "failed during shift": sum(a.status != 200 for a in during),
         "requests during deploy": len(whole),
         "failed during deploy": sum(a.status != 200 for a in whole),
+        "sent to a colour with no healthy target": fail_open,
         "peak VM memory (MiB)": f"{mem.peak_mb} ({mem.peak_vms} VMs)",
     }
     print("  ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
@@ -144,20 +151,23 @@ def baseline(p: Project, loop: LoadLoop, greeting: str) -> dict[str, Any]:
     release = Release(image.image_id, build_id, settings.deploy.instance_type, settings.virtualization)
     new = state.with_side(target, Side(release, capacity(settings), 100))
     new = new.with_side(live, replace(state.side(live), capacity=0, weight=0))
+    opened = p.fail_open()
     with MemorySampler(str(p.root)) as mem:
         t0, wall = time.monotonic(), time.time()
         d.apply(new, "all at once")
         shifted = time.monotonic()
         until("the new release answers", lambda: loop.answers and loop.answers[-1].body == greeting, 600)
         end = time.monotonic()
+    healthy = healthy_after(p, build_id, wall)
     return report(
-        "baseline (all at once)", loop, t0, (t0, shifted), healthy_after(p, build_id, wall), mem, end
+        "baseline (all at once)", loop, t0, (t0, shifted), healthy, mem, end, p.fail_open() - opened
     )
 
 
 def blue_green(p: Project, loop: LoadLoop, greeting: str, name: str) -> dict[str, Any]:
     _, build_id = p.release(greeting)
     lines: list[tuple[float, str]] = []
+    opened = p.fail_open()
     with MemorySampler(str(p.root)) as mem:
         t0, wall = time.monotonic(), time.time()
         code = p.invoke("deploy", "--yes", *p.args(f'app.config.greeting="{greeting}"'), lines=lines)
@@ -168,7 +178,7 @@ def blue_green(p: Project, loop: LoadLoop, greeting: str, name: str) -> dict[str
     first = next((t for t, line in lines if "stack update: shift" in line), None)
     full = next((t for t, line in lines if line.startswith("bake ") and " at 100%" in line), None)
     shift = (first, full) if first is not None and full is not None else None
-    return report(name, loop, t0, shift, healthy_after(p, build_id, wall), mem, end)
+    return report(name, loop, t0, shift, healthy_after(p, build_id, wall), mem, end, p.fail_open() - opened)
 
 
 def main() -> int:

@@ -185,6 +185,8 @@ def _make(settings: Settings, p: BuildPlan, out: Path) -> dict[str, Any]:
         "dependencies": p.source.dependency_records(),
         "config_digest": p.config_digest,
         "config": {**baked_config(settings), "baked": baked},
+        # The --set overrides among this build's inputs (provenance: not what pipeline.toml says).
+        "overrides": [o for o in settings.overrides if o.split(".", 1)[0] in p.inputs["settings"]],
         "inputs": p.inputs,
         "outputs": file_entries(out, skip_dirs=SELF_DESCRIBED_DIRS),
         "image": image,

@@ -84,6 +84,9 @@ class AppSettings:
     )
     scratch_dir: str = rule(rules.ABSOLUTE_PATH, "/scratch")
     storage: Literal["auto", "disc", "ram"] = "auto"  # ram: the app keeps no data on the scratch volume
+    # The app's contract with the load balancer: it closes an idle keep-alive connection only after
+    # the balancer would have (checked against deploy.idle_timeout_seconds; the app's templates read it).
+    idle_timeout_ms: int = check("integer 100-3600000", _between(100, 3_600_000), 75000)
     config: dict[str, Any] = field(default_factory=dict)  # [app.config]: see appsettings.check_config
 
 
@@ -167,6 +170,9 @@ class DeploySettings:
     certificate_arn: str = rule(rules.optional(rules.CERTIFICATE_ARN), "")  # "" = HTTP only
     https_port: int = check("integer 1-65535", _between(1, 65535), 443)  # with a certificate
     access_logs_bucket: str = rule(rules.optional(rules.BUCKET_NAME), "")  # "" = no access logs
+    # The load balancer's idle timeout (ELBv2 attribute idle_timeout.timeout_seconds: 1-4000, 60 by
+    # default); the app's keep-alive idle timeout must be longer (pipeline.rules.check_combinations).
+    idle_timeout_seconds: int = check("integer 1-4000", _between(1, 4000), 60)
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,8 @@ class Settings:
     def where(self, dotted: str) -> str:
         """Where the value of ``section.key`` came from, for an error about it."""
         return self.origins.get(dotted, f"{CONFIG_FILE}: {dotted}")
+
+    overrides: tuple[str, ...] = ()  # the --set SECTION.KEY=VALUE given, as given (provenance)
 
     @property
     def app_dir(self) -> Path:
@@ -325,6 +333,7 @@ def load(
             hint=f"defined environments: {known}; add [env.{chosen}] or pass --env",
         )
     env_layer = _check_layer(envs[chosen], prefix=f"env.{chosen}.", src=src, origins=origins)
+    overrides = tuple(o.strip() for o in overrides)
     override_layer = _parse_overrides(overrides, origins)
     merged = _merge(_merge(base, env_layer), override_layer)
     for flag, item in (flags or {}).items():
@@ -336,7 +345,7 @@ def load(
         (override_layer, "--set app.config"),
     ):
         config_origin.update(dict.fromkeys(layer.get("app", {}).get("config", {}), name))
-    return _build(merged, chosen, root, origins, config_origin)
+    return _build(merged, chosen, root, origins, config_origin, overrides)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -521,6 +530,7 @@ def _build(
     root: Path,
     origins: dict[str, str],
     config_origin: Mapping[str, str] | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> Settings:
     sections = {name: cls(**merged.get(name, {})) for name, cls in SECTIONS.items()}
     app = sections["app"]
@@ -531,7 +541,12 @@ def _build(
         ),
     )
     settings = Settings(
-        env=env, root=root, **sections, origins=origins, config_origin=dict(config_origin or {})
+        env=env,
+        root=root,
+        **sections,
+        origins=origins,
+        config_origin=dict(config_origin or {}),
+        overrides=overrides,
     )
     rules.check_combinations(settings)
     return settings

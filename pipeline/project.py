@@ -22,6 +22,8 @@ from pipeline.errors import ConfigError
 from pipeline.manifest import sha256_file
 from pipeline.rules import show
 
+PATH_SHOWN = 400  # characters of a path in an error (its end says which directory it is)
+
 # Directories that are never part of a project's sources: build output, version control data, the
 # pipeline's own work area and tool caches. Everything else under the project is a build input (the
 # sources in any subdirectory, _checkouts/, rebar.lock, relx overlays, the app's config templates).
@@ -49,7 +51,7 @@ def identify_project(directory: Path, where: str = "pipeline.toml: app.path") ->
     config = directory / "rebar.config"
     if not config.is_file():
         raise ConfigError(
-            f"{where}: {show(str(directory))} has no rebar.config, so it is not a rebar3 project",
+            f"{where}: {show(str(directory), PATH_SHOWN)} has no rebar.config, so it is not a rebar3 project",
             hint="point app.path at the directory holding rebar.config, or set app.release to a release "
             "directory made by rebar3 release or mix release",
         )
@@ -59,7 +61,7 @@ def identify_project(directory: Path, where: str = "pipeline.toml: app.path") ->
         return Identity(release.group(1), config, tuple(sorted(apps)))
     if not apps:
         raise ConfigError(
-            f"{where}: {show(str(directory))} holds no OTP application (src/NAME.app.src, "
+            f"{where}: {show(str(directory), PATH_SHOWN)} holds no OTP application (src/NAME.app.src, "
             "or apps/*/src/NAME.app.src for an umbrella)",
             hint="point app.path at the rebar3 project",
         )
@@ -92,7 +94,7 @@ def identify_release(directory: Path, where: str = "pipeline.toml: app.release")
     releases = directory / "releases"
     if not releases.is_dir() or not (directory / "lib").is_dir():
         raise ConfigError(
-            f"{where}: {show(str(directory))} is not a release directory (no releases/ and lib/)",
+            f"{where}: {show(str(directory), PATH_SHOWN)} is not a release directory (no releases/ and lib/)",
             hint="point app.release at what rebar3 release or mix release made, e.g. _build/prod/rel/NAME",
         )
     start = releases / "start_erl.data"
@@ -104,7 +106,7 @@ def identify_release(directory: Path, where: str = "pipeline.toml: app.release")
     rels = sorted((releases / versions[0]).glob("*.rel")) if len(versions) == 1 else []
     if len(rels) != 1:
         raise ConfigError(
-            f"{where}: {show(str(directory / 'releases'))} holds "
+            f"{where}: {show(str(directory / 'releases'), PATH_SHOWN)} holds "
             f"{'no' if not versions else 'more than one'} release to boot",
             hint="give a release directory with one releases/VSN/NAME.rel (or releases/start_erl.data)",
         )

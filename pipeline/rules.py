@@ -34,10 +34,10 @@ def bad_value(where: str, expect: str, value: Any, hint: str | None = None) -> C
     return ConfigError(f"{where}: expected {expect}, got {show(value)}", hint=hint)
 
 
-def show(value: Any) -> str:
+def show(value: Any, limit: int = SHOW_MAX) -> str:
     """A value as the user wrote it, for an error line: strings quoted (control characters and
     anything else that would break the line escaped), everything else as TOML-ish JSON; long values
-    cut at :data:`SHOW_MAX` characters with the full length said."""
+    cut at ``limit`` characters (:data:`SHOW_MAX`: a setting's value) with the full length said."""
     if isinstance(value, tuple):
         value = list(value)
     try:
@@ -47,9 +47,9 @@ def show(value: Any) -> str:
     # Surrogates (bytes of a command line that were not UTF-8) cannot be printed: escape them.
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    if len(text) > SHOW_MAX:
+    if len(text) > limit:
         size = len(value) if isinstance(value, str | list) else len(text)
-        text = f"{text[:SHOW_MAX]}... ({size} {'characters' if isinstance(value, str) else 'in all'})"
+        text = f"{text[:limit]}... ({size} {'characters' if isinstance(value, str) else 'in all'})"
     return text
 
 
@@ -309,6 +309,18 @@ def check_combinations(s: Settings) -> None:
             f"{w('deploy.https_port')}: deploy.https_port and deploy.listener_port are both "
             f"{s.deploy.listener_port}",
             hint="with a certificate, HTTPS needs its own port (443) and the HTTP port (80) redirects to it",
+        )
+    # The app's contract: it closes an idle keep-alive connection only after the load balancer would
+    # have; otherwise the load balancer reuses a connection the app is closing and answers 502 (ALB
+    # user guide, "Connection idle timeout": configure the target's timeout larger than the balancer's).
+    balancer_ms = s.deploy.idle_timeout_seconds * 1000
+    if s.app.idle_timeout_ms <= balancer_ms:
+        raise ConfigError(
+            f"{w('app.idle_timeout_ms')}: the app's keep-alive idle timeout ({s.app.idle_timeout_ms} ms) "
+            f"must be longer than the load balancer's, deploy.idle_timeout_seconds "
+            f"({s.deploy.idle_timeout_seconds} s)",
+            hint=f"set app.idle_timeout_ms above {balancer_ms} (e.g. {balancer_ms + 15000}) or lower "
+            "deploy.idle_timeout_seconds",
         )
     if bool(s.deploy.vpc_id) != bool(s.deploy.subnet_ids):
         given = "deploy.vpc_id" if s.deploy.vpc_id else "deploy.subnet_ids"

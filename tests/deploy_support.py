@@ -39,12 +39,14 @@ REGION = "us-east-1"
 
 @pytest.fixture
 def aws_in_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Fake credentials and an in-process moto (with the local AWS's CloudFormation fixes) for the test."""
+    """Fake credentials and an in-process moto (with the local AWS's CloudFormation fixes and AWS rules)
+    for the test."""
     from moto import mock_aws
 
-    from pipeline.local import cfn_fixes
+    from pipeline.local import aws_rules, cfn_fixes
 
     cfn_fixes.apply()
+    aws_rules.apply()
 
     for key, value in {
         "AWS_ACCESS_KEY_ID": "testing",

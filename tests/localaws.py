@@ -1,8 +1,9 @@
 """The pipeline's own local AWS (moto behind ``pipeline.local.moto_app``) on a free port, for tests.
 
 One server per test session (started the way the pipeline starts it), reset before each test that
-asks for the ``aws`` fixture. Also a fault injector (``before-send``, once per HTTP attempt) that
-answers a share of calls with throttling or 503 errors the way AWS does, before they reach the server.
+asks for the ``aws`` fixture. Also two fault injectors (``before-send``, once per HTTP attempt): one
+answers a share of calls with throttling or 503 errors the way AWS does, before they reach the server;
+the other lets the server apply a call and then loses its answer, as a dropped connection does.
 (The recorder of calls and the sessions are in ``awstest.py``.)
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from awstest import Recorder, new_session
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ConnectionClosedError
+from botocore.httpsession import URLLib3Session
 
 from pipeline import config
 from pipeline.aws.session import Clients
@@ -86,6 +89,37 @@ class Faults:
 
 
 @dataclass
+class LostAnswers:
+    """Stands in for a network that drops the connection after the server applied a request and before
+    its answer arrived: the first ``times`` HTTP attempts of each request of the chosen operations
+    (a request: its operation and body, the same for its retries) are sent to the server here, their
+    answers thrown away, and the SDK sees the connection closed (and retries, as botocore's standard
+    mode does for ``ConnectionClosedError``). ``attempts`` counts the HTTP attempts per operation."""
+
+    operations: tuple[str, ...]
+    times: int = 1
+    attempts: Counter[str] = field(default_factory=Counter)
+    lost: Counter[tuple[str, int]] = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    http: URLLib3Session = field(default_factory=URLLib3Session)
+
+    def __call__(self, request: Any, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation not in self.operations:
+            return
+        body = request.body or b""
+        key = (operation, hash(body.encode() if isinstance(body, str) else bytes(body)))
+        with self.lock:
+            self.attempts[operation] += 1
+            if self.lost[key] >= self.times:
+                return
+            self.lost[key] += 1
+        answer = self.http.send(request)  # the server applies the request ...
+        assert answer.status_code < 500, answer.content
+        raise ConnectionClosedError(endpoint_url=request.url)  # ... and its answer never arrives
+
+
+@dataclass
 class LocalAws:
     url: str
     port: int
@@ -109,7 +143,7 @@ class LocalAws:
         self,
         region: str = "us-east-1",
         recorder: Recorder | None = None,
-        faults: Faults | None = None,
+        faults: Faults | LostAnswers | None = None,
         hooks: tuple[tuple[str, Callable[..., Any]], ...] = (),
     ) -> Clients:
         session = new_session()

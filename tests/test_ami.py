@@ -65,6 +65,7 @@ def test_hvm_image_is_registered_uefi_ena_x86_64_imdsv2_from_the_uploaded_snapsh
         "PipelineVersion": "0.1.0",
         "GitCommit": GIT.commit,
         "GitDirty": "true",
+        "ConfigSource": "pipeline.toml",
         "OtpVersion": "25.3.2.8",
         "KernelVersion": "6.1.0-28-cloud-amd64",
         "ImageSha256": disk["sha256"],

@@ -208,6 +208,7 @@ def test_a_plan_is_an_update_change_set_that_is_read_and_deleted() -> None:
                 "TemplateBody": "{}",
                 "Parameters": PARAMS,
                 "Description": ANY,
+                "ClientToken": ANY,
             },
         )
         stub.add_response(

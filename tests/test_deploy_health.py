@@ -194,14 +194,15 @@ def echo_server() -> Iterator[tuple[str, list[dict[str, str]]]]:
         server.server_close()
 
 
-def test_aws_health_probes_a_colour_through_the_load_balancer_with_its_header(
+def test_aws_health_probes_a_colour_through_the_load_balancer_with_its_header_and_token(
     echo_server: tuple[str, list[dict[str, str]]],
 ) -> None:
     url, seen = echo_server
-    health = AwsHealth(elbv2=None, cloudwatch=None, probe_url=url + "/")  # type: ignore[arg-type]
+    token = "0123456789abcdef0123456789abcdef"
+    health = AwsHealth(elbv2=None, cloudwatch=None, probe_url=url + "/", probe_token=token)  # type: ignore[arg-type]
     answer = health.probe("green", "/version")
     assert answer is not None and answer.status == 200 and '"green"' in answer.body
-    assert seen[0][COLOR_HEADER.lower()] == "green"
+    assert seen[0][COLOR_HEADER.lower()] == "green" and seen[0]["x-pipeline-probe"] == token
     assert AwsHealth(elbv2=None, cloudwatch=None, probe_url=None).probe("blue", "/health") is None  # type: ignore[arg-type]
 
 

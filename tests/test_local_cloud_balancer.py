@@ -173,13 +173,30 @@ def test_a_draining_target_finishes_its_requests_and_gets_no_new_ones(
     assert registry.wait_idle("i-blue", 5) is True
 
 
-def test_without_a_routable_target_the_answer_is_503(
+def test_with_only_draining_targets_the_answer_is_503(
     lb: tuple[Balancer, Registry, dict[str, Target], int],
 ) -> None:
     _, registry, _, port = lb
     registry.drain("i-blue")
-    assert fetch(port) == (503, "no healthy target")
+    assert fetch(port) == (503, "no target")
     assert fetch(port, X_Pipeline_Color="green") == (200, "i-green")
+
+
+def test_a_colour_whose_every_target_is_unhealthy_still_gets_its_share_as_on_an_alb(
+    lb: tuple[Balancer, Registry, dict[str, Target], int],
+) -> None:
+    """The group fails open (ALB user guide, "Health checks for Application Load Balancer target
+    groups"): a colour that breaks while it has traffic keeps getting its share until its weight is
+    taken away, so requests to it fail; this is what the load loops count."""
+    balancer, registry, targets, port = lb
+    for _ in range(FAST.unhealthy_threshold):
+        registry.observe("i-blue", 500, "")
+    assert registry.health_of("i-blue")[0] == "unhealthy"  # type: ignore[index]
+    before = balancer.stats["fail_open"]
+    assert [fetch(port) for _ in range(5)] == [(200, "i-blue")] * 5  # it still answers here
+    assert balancer.stats["fail_open"] == before + 5
+    targets["i-blue"].close()  # now it cannot answer at all: the requests fail, as on AWS
+    assert fetch(port) == (502, "bad gateway")
 
 
 def test_a_target_that_refuses_the_connection_is_given_up_for_another(

@@ -11,6 +11,15 @@ each one made once, on first use, by the tests that need it: every test passes o
 test depends on another having run before it. The first release boots the exact hvm-uefi disk
 through OVMF (the shipped ``local.boot``); the others boot the kernel and initramfs taken out of the
 same disk (faster).
+
+What the load loops count as failed: every request that got no answer or an answer other than 200.
+The local load balancer fails open as an ALB does (a colour whose targets are all unhealthy still gets
+its share of the traffic, to those targets), so a colour that broke while it had traffic would show
+here as failed requests. "0 failed" rests on the health gate: it gives a colour traffic only once it is
+healthy, and a broken release never gets any. The balancer's ``fail_open`` count says how many requests
+went to a colour whose targets were all unhealthy: none in a good release or a rollback; in the failed
+release only the gate's own probes of the broken colour (through its probe rule), never a user's.
+
 """
 
 from __future__ import annotations
@@ -70,6 +79,10 @@ class Cloud:
         ) as r:
             data: dict[str, Any] = json.loads(r.read())
             return data
+
+    def fail_open(self) -> int:
+        """Requests the local load balancer sent to a colour that had no healthy target."""
+        return int(self.state()["requests"].get("fail_open", 0))
 
     def machines(self) -> dict[str, dict[str, Any]]:
         return {m["instance_id"]: m for m in self.state()["machines"]}
@@ -137,6 +150,7 @@ class Step:
     out: Any
     loop: LoadLoop | None
     before: dict[str, dict[str, Any]]
+    fail_open: int = 0  # requests the balancer sent to a colour without a healthy target, during it
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +166,12 @@ def first(cloud: Cloud) -> Step:
 def second(cloud: Cloud, first: Step) -> Step:
     """V2 rolled out to green while a load loop runs; V1 stays on blue for a rollback."""
     before = cloud.machines()
+    fail_open = cloud.fail_open()
     with cloud.loop() as loop:
         out = release(cloud, f'app.config.greeting="{V2}"', "local.boot=direct")
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]
-    return Step(out, loop, before)
+    return Step(out, loop, before, cloud.fail_open() - fail_open)
 
 
 def test_1_build_ami_deploy_serves_the_uploaded_image_over_https_through_the_local_load_balancer(
@@ -223,6 +238,7 @@ def test_2_a_new_release_takes_over_with_no_failed_request(cloud: Cloud, second:
     assert loop is not None
     figures = report("second release", loop, V1, V2)
     assert loop.failed == [], loop.summary()
+    assert second.fail_open == 0  # no request went to a colour without a healthy target
     assert loop.bodies() == [V1, V2]  # the old greeting, then the new one, never back
     assert figures["cutover_seconds"] is not None and loop.answers[-1].body == V2
     new_build = build.plan(cloud.settings(f'app.config.greeting="{V2}"')).build_id
@@ -238,6 +254,7 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
     cloud: Cloud, second: Step
 ) -> None:
     before = cloud.machines()
+    fail_open = cloud.fail_open()
     with cloud.loop() as loop:
         out = release(cloud, f'app.config.greeting="{V3}"', "local.boot=direct", *BROKEN)
         time.sleep(1)
@@ -250,7 +267,9 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
         and f"rolled back: {live} has 100%" in last
     )
     # the VM booted and its app answered, with 503: the storage it was told to use cannot exist
-    assert "unhealthy (Target.ResponseCodeMismatch)" in out.stderr
+    assert (
+        "unhealthy (Target.ResponseCodeMismatch: Health checks failed with these codes: [503])" in out.stderr
+    )
     # its console, shown before the rollback: the app's own line says why
     shown = out.stderr.index("console lines of ")
     assert shown < out.stderr.index("stack update: roll back")
@@ -258,7 +277,10 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
         f"{idle} \\| .*Z warning: erlang_web: GET /health answered 503: .*storage_failed", out.stderr
     )
     report("failed release", loop, V2, V3)
+    # 0 failed: the broken colour never had a weight, so failing open took no user's request there;
+    # the gate's probes did reach it (its probe rule has only that colour), as they would on an ALB
     assert loop.failed == [], loop.summary()
+    assert cloud.fail_open() > fail_open
     assert loop.bodies() == [V2]
     until("the broken VM is gone", lambda: set(cloud.machines()) == set(before), 60)
     assert set(qemu_processes(str(cloud.root))) == {m["pid"] for m in before.values()}
@@ -267,12 +289,14 @@ def test_3_a_release_that_fails_its_health_check_is_rolled_back_by_the_pipeline(
 def test_4_rollback_returns_to_the_previous_release_with_no_failed_request(
     cloud: Cloud, second: Step
 ) -> None:
+    fail_open = cloud.fail_open()
     with cloud.loop() as loop:
         out = cloud.run(["rollback", "--yes", *cloud.args("local.boot=direct")])
         time.sleep(1)
     assert out.returncode == 0, out.stderr[-3000:]
     report("rollback", loop, V2, V1)
     assert loop.failed == [], loop.summary()
+    assert cloud.fail_open() == fail_open
     assert loop.bodies() == [V2, V1]
     left = until(
         "the newer release's VM is gone", lambda: len(cloud.machines()) == 1 and cloud.machines(), 60

@@ -181,6 +181,29 @@ def test_images_the_pipeline_did_not_make_are_not_run(aws: LocalAws) -> None:
     until("it is gone", lambda: not machines(aws))
 
 
+def test_an_instance_whose_disk_cannot_be_read_says_why_in_target_health_and_console(
+    aws: LocalAws, image: tuple[str, str]
+) -> None:
+    image_id, build_id = image
+    clients = aws.clients()
+    ec2 = clients.ec2()
+    snapshot = T.from_aws(ec2.describe_images(ImageIds=[image_id])["Images"][0]["Tags"])[T.SNAPSHOT]
+    ec2.delete_snapshot(SnapshotId=snapshot)  # what a gc of its snapshot would leave
+    group = Group(aws, image_id, build_id, "unreadable")
+    group.scale(1)
+    (instance,) = group.instances()
+    m = until("the instance is judged", lambda: machines(aws, "failed").get(instance))
+    assert f"snapshot {snapshot} cannot be read" in m["error"]
+    health = group.elbv2.describe_target_health(TargetGroupArn=group.target_group)["TargetHealthDescriptions"]
+    (target,) = health
+    assert target["TargetHealth"]["State"] == "unhealthy"
+    assert f"snapshot {snapshot} cannot be read" in target["TargetHealth"]["Description"]
+    console = ec2.get_console_output(InstanceId=instance)["Output"]
+    assert f"local cloud: instance {instance} cannot run: snapshot {snapshot} cannot be read" in console
+    group.scale(0)
+    until("it is gone", lambda: not machines(aws))
+
+
 def test_the_control_endpoint_takes_only_json_settings(aws: LocalAws) -> None:
     req = urllib.request.Request(f"{aws.url}{control.PATH}", data=b"[1, 2]", method="POST")
     with pytest.raises(urllib.error.HTTPError) as err:

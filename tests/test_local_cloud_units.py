@@ -107,30 +107,58 @@ def test_conditions_match_as_an_alb_matches_them(
 def test_weights_split_the_traffic_and_a_zero_weight_gets_none() -> None:
     members = {BLUE: ["i-b1", "i-b2"], GREEN: ["i-g1"]}
     chooser = Chooser(random.Random(7))
-    picks = Counter(
-        chooser.choose(Forward(((BLUE, 90), (GREEN, 10))), members, lambda _t: True) for _ in range(5000)
-    )
+
+    def pick(action: Forward) -> str:
+        chosen = chooser.choose(action, members, lambda _t: "healthy")
+        assert chosen is not None and not chosen.fail_open
+        return chosen.target
+
+    picks = Counter(pick(Forward(((BLUE, 90), (GREEN, 10)))) for _ in range(5000))
     green_share = picks["i-g1"] / 5000
     assert 0.08 < green_share < 0.12
     assert abs(picks["i-b1"] - picks["i-b2"]) <= 1  # round robin inside a group
-    only_blue = {
-        chooser.choose(Forward(((BLUE, 100), (GREEN, 0))), members, lambda _t: True) for _ in range(200)
+    assert {pick(Forward(((BLUE, 100), (GREEN, 0)))) for _ in range(200)} == {"i-b1", "i-b2"}
+
+
+def test_a_group_with_no_healthy_target_fails_open_to_all_its_registered_targets() -> None:
+    """ALB user guide, "Health checks for Application Load Balancer target groups": "If a target group
+    contains only unhealthy registered targets, the load balancer routes requests to all those targets,
+    regardless of their health status." Draining targets take no new requests."""
+    members = {BLUE: ["i-b1"], GREEN: ["i-g1", "i-g2", "i-g3"]}
+    states = {"i-b1": "healthy", "i-g1": "unhealthy", "i-g2": "unhealthy", "i-g3": "draining"}
+    chooser = Chooser(random.Random(1))
+    picks = [
+        chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, states.__getitem__) for _ in range(400)
+    ]
+    assert all(p is not None for p in picks)
+    to_green = [p for p in picks if p and p.target.startswith("i-g")]
+    assert 150 < len(to_green) < 250  # green keeps its share: its weight is not handed to blue
+    assert {p.target for p in to_green} == {"i-g1", "i-g2"} and all(p.fail_open for p in to_green)
+    # a target still in its initial checks is not in service: a group of only those is left out
+    states.update({"i-g1": "initial", "i-g2": "unhealthy"})
+    assert {
+        chooser.choose(Forward(((GREEN, 50), (BLUE, 50))), members, states.__getitem__).target
+        for _ in range(50)
+    } == {"i-b1"}  # type: ignore[union-attr]
+    # a group with a healthy target sends only to it
+    states["i-g2"] = "healthy"
+    assert {
+        chooser.choose(Forward(((GREEN, 1),)), members, states.__getitem__).target for _ in range(20)
+    } == {  # type: ignore[union-attr]
+        "i-g2"
     }
-    assert only_blue == {"i-b1", "i-b2"}
 
 
-def test_targets_that_are_not_routable_are_skipped_and_none_left_means_no_target() -> None:
+def test_a_group_with_only_draining_or_unknown_targets_is_left_out_and_none_left_means_no_target() -> None:
     members = {BLUE: ["i-b1"], GREEN: ["i-g1", "i-g2"]}
     chooser = Chooser(random.Random(1))
-    routable = {"i-g2"}
+    states = {"i-b1": "draining", "i-g1": "healthy", "i-g2": ""}
     picks = {
-        chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, routable.__contains__) for _ in range(100)
+        chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, states.__getitem__) for _ in range(100)
     }
-    assert picks == {"i-g2"}  # blue has no routable target: its weight goes to green
-    assert chooser.choose(Forward(((BLUE, 50), (GREEN, 50))), members, lambda _t: False) is None
-    assert (
-        chooser.choose(Forward(((GREEN, 1),)), members, lambda _t: True, frozenset({"i-g1", "i-g2"})) is None
-    )
+    assert {p.target for p in picks if p} == {"i-g1"} and None not in picks
+    assert chooser.choose(Forward(((BLUE, 50),)), members, states.__getitem__) is None
+    assert chooser.choose(Forward(((GREEN, 1),)), members, states.__getitem__, frozenset({"i-g1"})) is None
 
 
 # -- target health -----------------------------------------------------------------------------------------

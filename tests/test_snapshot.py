@@ -109,7 +109,10 @@ def test_full_upload_sends_each_nonzero_block_once_with_base64_checksums(aws: Lo
     d = build.disk("hvm-uefi")
     assert start["VolumeSize"] == 1 and "ParentSnapshotId" not in start
     assert (
-        start["ClientToken"] == hashlib.sha256(f"start-snapshot|{d['sha256']}|none||1|".encode()).hexdigest()
+        start["ClientToken"]
+        == hashlib.sha256(
+            f"start-snapshot|{T.MANAGED_BY}/erlang_web/dev/beam/hvm|{d['sha256']}|none||1|".encode()
+        ).hexdigest()
     )
     stags = T.from_aws(start["Tags"])
     assert stags[T.UPLOAD] == "incomplete" and stags[T.IMAGE_SHA256] == d["sha256"]

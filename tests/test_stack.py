@@ -164,6 +164,11 @@ def test_traffic_is_split_by_a_weighted_listener_rule_over_both_target_groups() 
             "HttpHeaderName": stack.COLOR_HEADER,
             "Values": [color],
         }
+        # and only with the release's secret token (pipeline.aws.probe)
+        assert probe["Conditions"][1]["HttpHeaderConfig"] == {
+            "HttpHeaderName": "X-Pipeline-Probe",
+            "Values": [{"Ref": "ProbeToken"}],
+        }
 
 
 def test_groups_use_elb_health_checks_capacity_parameters_and_colour_tags() -> None:
@@ -198,7 +203,7 @@ def test_launch_templates_sort_before_their_groups() -> None:
 
 def test_parameters_and_outputs() -> None:
     t = template()
-    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()} | {"History"}
+    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()} | {"History", "ProbeToken"}
     assert set(t["Parameters"]) == colour_params
     assert t["Parameters"]["BlueImageId"]["Type"] == "AWS::EC2::Image::Id"
     assert t["Parameters"]["BlueWeight"]["MaxValue"] == 100

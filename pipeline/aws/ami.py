@@ -29,12 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from botocore.exceptions import ClientError
+
 from pipeline import ui
 from pipeline.aws import delta, preflight, provenance, pv
 from pipeline.aws import snapshot as snap
 from pipeline.aws import tags as T
 from pipeline.aws.access import deprecation_time, ensure_access, ensure_deprecation
-from pipeline.aws.calls import one_line_errors
+from pipeline.aws.calls import error_code, one_line_errors
 from pipeline.aws.images import (
     ImageRecord,
     describe_images,
@@ -175,6 +177,7 @@ def publish(
         kernel_id = pv.require_aki(ec2, home)
     copy_regions = _copy_regions(clients, settings, virtualization, result)
 
+    kms_key_arn = delta.key_arn(clients.kms(home), settings.ami.kms_key_id)
     git = git or provenance.git_state(settings.root)
     image_tags = provenance.image_tags(manifest, disk, git)
     identity = provenance.identity(settings.app.name, settings.env, str(manifest["target"]), virtualization)
@@ -189,7 +192,7 @@ def publish(
         if image is not None:
             # Registered by a run that ended before its tags were checked: complete them.
             result.actions.append((home, f"found {image.image_id} by name; completing its tags"))
-            done = snap.find_complete(ec2, identity, disk["sha256"])
+            done = snap.find_complete(ec2, identity, disk["sha256"], kms_key_arn)
             dtags = T.from_aws(done.get("Tags")) if done else {}
             extra = {
                 T.SNAPSHOT: done["SnapshotId"] if done else "",
@@ -211,7 +214,7 @@ def publish(
             description=f"{name} ({disk['name']} disk)",
             builds_dir=build.directory.parent,
             disk_name=disk["name"],
-            kms_key_id=settings.ami.kms_key_id,
+            kms_key_id=kms_key_arn,
         )
         result.upload = upload
         if dry_run:
@@ -299,11 +302,28 @@ def _register(
         kernel_id=kernel_id,
         tags=tags,
     )
-    image_id = ec2.register_image(**request)["ImageId"]
+    image_id = _register_once(ec2, home, request, {k: tags[k] for k in (T.MANAGED, T.APP, T.ENV, T.BUILD_ID)})
     result.actions.append((home, f"registered {image_id}"))
     image = wait_available(ec2, home, image_id, sleep, clock)
     # RegisterImage tags atomically on AWS; moto drops them, so check and add what is missing.
     return ensure_tags(ec2, image, tags)
+
+
+def _register_once(ec2: EC2Client, region: str, request: Mapping[str, Any], want: Mapping[str, str]) -> str:
+    """RegisterImage, or the image it already made: RegisterImage takes no client token, so a retry
+    whose first attempt was applied but whose answer was lost fails with InvalidAMIName.Duplicate (AMI
+    names are unique per account and region); the image of that name is then ours, and adopted. An
+    image of that name tagged for another app, environment or build is refused (``find_by_name``)."""
+    try:
+        return str(ec2.register_image(**request)["ImageId"])
+    except ClientError as err:
+        if error_code(err) != "InvalidAMIName.Duplicate":
+            raise
+        found = find_by_name(ec2, region, str(request["Name"]), want)
+        if found is None:
+            raise
+        log.info("RegisterImage said %s exists: adopting %s", request["Name"], found.image_id)
+        return found.image_id
 
 
 def register_request(

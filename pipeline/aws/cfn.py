@@ -11,11 +11,19 @@ group names. ``UpdateStack`` with the same template and parameters makes the sam
 Waiting is a poll with injected ``sleep``/``clock`` and one overall deadline; the stack's events are
 printed as they arrive, and a failed operation raises :class:`StackFailed` naming the first resource
 that failed and why.
+
+**Retries.** Every changing call carries an idempotency token (``ClientRequestToken``; CreateChangeSet's
+``ClientToken``), new for each operation and the same for the SDK's retries of it: when a request was
+applied but its answer lost, the retry is recognised as the same operation instead of failing
+(CreateStack: AlreadyExistsException; UpdateStack: "is in UPDATE_IN_PROGRESS state and can not be
+updated"). A token is never derived from the parameters alone: returning to an earlier parameter set
+(a rollback) is a new operation that must run.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,6 +220,12 @@ def event_line(event: Mapping[str, Any]) -> str:
     return f"{line}: {reason}" if reason else line
 
 
+def request_token(operation: str) -> str:
+    """A new idempotency token for one stack operation (``update-5f0c...``): CloudFormation's pattern
+    ``[a-zA-Z0-9][-a-zA-Z0-9]*``, at most 128 characters; it shows in the stack's events."""
+    return f"{operation}-{secrets.token_hex(16)}"
+
+
 # -- changing ----------------------------------------------------------------------------------------------
 
 
@@ -260,6 +274,7 @@ def create(
         Tags=[dict(t) for t in tags],  # type: ignore[misc]
         OnFailure="ROLLBACK",
         **_role(role_arn),
+        ClientRequestToken=request_token("create"),
     )
     return resp["StackId"]
 
@@ -285,6 +300,7 @@ def update(
             Parameters=[dict(p) for p in parameters],  # type: ignore[misc]
             Tags=[dict(t) for t in tags],  # type: ignore[misc]
             **_role(role_arn),
+            ClientRequestToken=request_token("update"),
         )
     except ClientError as err:
         if error_code(err) == "ValidationError" and is_no_change(err.response["Error"].get("Message", "")):
@@ -362,6 +378,7 @@ def plan_update(
         Parameters=[dict(p) for p in parameters],  # type: ignore[misc]
         Description="plan made by the pipeline; deleted after it is read",
         **_role(role_arn),
+        ClientToken=request_token("plan"),
     )
     try:
 
@@ -423,4 +440,4 @@ def summarise(changes: Sequence[Mapping[str, Any]]) -> list[Change]:
 
 
 def delete(cf: CloudFormationClient, stack_id: str, role_arn: str = "") -> None:
-    cf.delete_stack(StackName=stack_id, **_role(role_arn))
+    cf.delete_stack(StackName=stack_id, ClientRequestToken=request_token("delete"), **_role(role_arn))

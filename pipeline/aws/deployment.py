@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, history, rollout, stack, tags
+from pipeline.aws import cfn, history, probe, rollout, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.history import History
 from pipeline.aws.params import StackState
@@ -180,7 +180,9 @@ class Deployment:
         ``restoring``: the stack as it was before this run (template, network and every other
         parameter), with only the colours' release state taken from ``state``.
         """
-        params = _plain(state.parameters())
+        # the probe token: the stack's while the releases stay, a new one when a colour gets another
+        # release (:mod:`pipeline.aws.probe`)
+        params = _plain(probe.with_token(state.parameters(), self.info.parameters if self.info else None))
         template = self.template
         if restoring and self.original is not None:
             template = self.original_template
@@ -250,7 +252,8 @@ class Deployment:
         probe_url = outputs.get("Url") if self.settings.aws.endpoint == "aws" else None
         if self.local_cloud():
             probe_url = self.url()  # the local load balancer
-        return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url)
+        token = self.info.parameters.get(probe.PARAMETER, "") if self.info else ""
+        return AwsHealth(self.clients.elbv2(), self.clients.client("cloudwatch"), probe_url, token)
 
     def gate(self) -> HealthGate:
         return HealthGate(

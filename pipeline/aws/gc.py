@@ -236,14 +236,29 @@ def apply(clients: Clients, settings: Settings, gc_plan: GcPlan) -> list[tuple[R
             if state == "changed":
                 failures.append((removal, "its tags no longer say it is the pipeline's; left alone"))
                 continue
-            if removal.kind == "image":
-                ec2.deregister_image(ImageId=removal.resource_id)
-            else:
-                ec2.delete_snapshot(SnapshotId=removal.resource_id)
+            _remove(ec2, removal)
             log.info("gc: removed %s %s in %s", removal.kind, removal.resource_id, removal.region)
         except ClientError as err:
             failures.append((removal, error_text(err)))
     return failures
+
+
+# What EC2 answers when what is to be removed is gone already: a retried DeregisterImage or
+# DeleteSnapshot whose first attempt was applied but whose answer was lost, or another gc run.
+ALREADY_GONE = {"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidSnapshot.NotFound"}
+
+
+def _remove(ec2: EC2Client, removal: Removal) -> None:
+    """Deregister the image or delete the snapshot; one that is gone already counts as removed."""
+    try:
+        if removal.kind == "image":
+            ec2.deregister_image(ImageId=removal.resource_id)
+        else:
+            ec2.delete_snapshot(SnapshotId=removal.resource_id)
+    except ClientError as err:
+        if error_code(err) not in ALREADY_GONE:
+            raise
+        log.info("gc: %s %s in %s was gone already", removal.kind, removal.resource_id, removal.region)
 
 
 def _check(ec2: EC2Client, removal: Removal, scope: Mapping[str, str]) -> Literal["ours", "gone", "changed"]:

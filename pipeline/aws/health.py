@@ -6,10 +6,11 @@ A unikernel cannot run cfn-signal or a deployment agent, so health is judged fro
   registered and ``healthy``, and there must be as many as the colour's capacity;
 - HTTP probes of the app's health path (``app.health_path``: 200) and, when the app can say which
   build it is (``app.version_path``), of its version path (an answer naming the build id the colour
-  should run), sent through the load balancer with the colour's ``X-Pipeline-Color`` header, where
-  the load balancer is reachable from this machine (a probe that cannot connect is skipped, not
-  failed). An app without a version path is judged by its targets' health and its health path, and
-  the gate says so;
+  should run), sent through the load balancer with the colour's ``X-Pipeline-Color`` header and the
+  release's secret ``X-Pipeline-Probe`` token (without it the load balancer's probe rules ignore the
+  colour header: :mod:`pipeline.aws.probe`), where the load balancer is reachable from this machine
+  (a probe that cannot connect is skipped, not failed). An app without a version path is judged by
+  its targets' health and its health path, and the gate says so;
 - while a colour takes traffic, its 5xx answers per minute (CloudWatch ``HTTPCode_Target_5XX_Count``).
 
 Where the facts come from is a :class:`HealthSource`, so tests and the local cloud can supply their
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pipeline.aws.stack import COLOR_HEADER, HEALTH_PATH
+from pipeline.aws import probe
+from pipeline.aws.stack import HEALTH_PATH
 from pipeline.aws.tags import Color
 from pipeline.aws.wait import poll
 from pipeline.errors import DeployError
@@ -50,6 +52,7 @@ class Target:
     target_id: str
     state: str  # initial | healthy | unhealthy | unused | draining | unavailable
     reason: str = ""
+    description: str = ""  # ELBv2's words for the reason (why a target cannot be reached, say)
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def assess(
     ok = len(healthy) >= expected and len(healthy) == len(serving)
     for t in serving:
         if t.state != "healthy":
-            parts.append(f"{t.target_id} {t.state}" + (f" ({t.reason})" if t.reason else ""))
+            why = ": ".join(x for x in (t.reason, t.description) if x)
+            parts.append(f"{t.target_id} {t.state}" + (f" ({why})" if why else ""))
     if health is not None:
         parts.append(f"{health_path} {health.status}")
         ok = ok and health.status == 200
@@ -227,7 +231,8 @@ class AwsHealth:
     """Health facts from ELBv2, CloudWatch and HTTP probes through the load balancer.
 
     ``probe_url`` is the load balancer's URL (the stack's ``Url`` output), or None to skip the HTTP
-    probes (the local AWS has no load balancer that answers).
+    probes (the local AWS has no load balancer that answers); ``probe_token`` the release's secret
+    (the stack's ``ProbeToken`` parameter), without which the probes reach the weighted rule instead.
     """
 
     def __init__(
@@ -235,25 +240,32 @@ class AwsHealth:
         elbv2: ElasticLoadBalancingv2Client,
         cloudwatch: Any,
         probe_url: str | None,
+        probe_token: str = "",
         timeout: float = PROBE_TIMEOUT,
     ) -> None:
         self.elbv2 = elbv2
         self.cloudwatch = cloudwatch
         self.probe_url = probe_url.rstrip("/") if probe_url else None
+        self.probe_token = probe_token
         self.timeout = timeout
         self._unreachable_logged = False
 
     def targets(self, target_group_arn: str) -> list[Target]:
         resp = self.elbv2.describe_target_health(TargetGroupArn=target_group_arn)
         return [
-            Target(d["Target"]["Id"], d["TargetHealth"]["State"], d["TargetHealth"].get("Reason", ""))
+            Target(
+                d["Target"]["Id"],
+                d["TargetHealth"]["State"],
+                d["TargetHealth"].get("Reason", ""),
+                d["TargetHealth"].get("Description", ""),
+            )
             for d in resp["TargetHealthDescriptions"]
         ]
 
     def probe(self, color: Color, path: str) -> Probe | None:
         if self.probe_url is None:
             return None
-        return http_probe(self.probe_url + path, {COLOR_HEADER: color}, self.timeout)
+        return http_probe(self.probe_url + path, probe.headers(color, self.probe_token), self.timeout)
 
     def errors_5xx(self, load_balancer_arn: str, target_group_arn: str, minutes: int) -> int:
         # Whole minutes, the last one still running (CloudWatch aggregates per period from StartTime).

@@ -1,4 +1,11 @@
-"""What an image records about where it came from: the tags that go on AMIs and their snapshots."""
+"""What an image records about where it came from: the tags that go on AMIs and their snapshots.
+
+Besides the versions and digests, where the settings came from: ``GitCommit``/``GitDirty`` name the
+checkout, and ``ConfigSource`` says whether the build's settings are what that checkout's
+pipeline.toml gives (``pipeline.toml``) or were changed with ``--set`` (``overrides``; then
+``ConfigOverrides`` names the keys, and the build's manifest holds the values). A clean commit alone
+does not reproduce an image built with overrides.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,8 @@ from pipeline.errors import PipelineError
 from pipeline.manifest import digest_of
 
 UNKNOWN = "unknown"
+CONFIG_FILE = "pipeline.toml"
+CONFIG_OVERRIDES = "overrides"
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,7 @@ def image_tags(manifest: Mapping[str, Any], disk: Mapping[str, Any], git: GitSta
     """Identity and provenance of one disk of a build, from its manifest."""
     app = manifest.get("app", {})
     tools = manifest.get("inputs", {}).get("tools", {}) or {}
+    overrides = [str(o).split("=", 1)[0] for o in manifest.get("overrides", []) or []]
     out = identity(
         str(app.get("name")), str(manifest.get("env")), str(manifest.get("target")), disk["virtualization"]
     )
@@ -52,10 +62,13 @@ def image_tags(manifest: Mapping[str, Any], disk: Mapping[str, Any], git: GitSta
             T.PIPELINE_VERSION: str(manifest.get("pipeline_version", UNKNOWN)),
             T.GIT_COMMIT: git.commit,
             T.GIT_DIRTY: git.dirty,
+            T.CONFIG_SOURCE: CONFIG_OVERRIDES if overrides else CONFIG_FILE,
             T.OTP_VERSION: _tool(tools, "otp") or str(app.get("otp_release") or UNKNOWN),
             T.IMAGE_SHA256: str(disk["sha256"]),
         }
     )
+    if overrides:
+        out[T.CONFIG_OVERRIDES] = " ".join(dict.fromkeys(overrides))
     kernel = _tool(tools, "kernel", "linux")
     if kernel:
         out[T.KERNEL_VERSION] = kernel

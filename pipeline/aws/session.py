@@ -3,7 +3,9 @@
 Clients get explicit connect/read timeouts and exactly one retry layer (botocore's ``standard`` mode,
 which retries throttling and 5xx with exponential back-off); nothing in the pipeline wraps its own
 retry loop around them. With ``aws.endpoint = "local"`` every client points at the embedded local
-AWS (a moto server on 127.0.0.1, started on demand) with throwaway credentials.
+AWS (a moto server on 127.0.0.1, started on demand) with throwaway credentials; when that server stops
+answering in the middle of a task (killed, or the machine slept), the error says so and what to do
+(:class:`LocalAwsDown`) instead of botocore's "Could not connect to the endpoint URL".
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline.config import Settings
+from pipeline.errors import AwsError
 
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_elbv2 import ElasticLoadBalancingv2Client
     from mypy_boto3_iam import IAMClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_sts import STSClient
 
 CONNECT_TIMEOUT = 5  # seconds; an endpoint that does not accept a connection by then is down
@@ -30,6 +35,27 @@ READ_TIMEOUT = 60  # seconds; PutSnapshotBlock of 512 KiB on a slow uplink stays
 MAX_ATTEMPTS = 8  # standard mode: exponential back-off with jitter, capped at 20 s per wait
 
 LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+# What botocore raises, after its retries, when nothing serves the endpoint any more.
+NOT_ANSWERING = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError)
+
+
+class LocalAwsDown(AwsError):
+    """The local AWS stopped answering during a task."""
+
+
+def _local_down(endpoint: str) -> Any:
+    """A botocore ``after-call-error`` handler for the clients of the local AWS at ``endpoint``."""
+
+    def handler(exception: Exception, **_: Any) -> None:
+        if isinstance(exception, NOT_ANSWERING):
+            raise LocalAwsDown(
+                f"the local AWS at {endpoint} is not answering: it was stopped or killed, or this "
+                f"machine slept ({type(exception).__name__})",
+                hint="run the task again: any task starts the local AWS again with all its state "
+                "(invoke local.status shows it), and the task resumes where it stopped",
+            ) from exception
+
+    return handler
 
 
 @dataclass
@@ -62,7 +88,10 @@ class Clients:
             kwargs: dict[str, Any] = {"region_name": key[1], "config": cfg}
             if self.endpoint_url:
                 kwargs.update(endpoint_url=self.endpoint_url, **LOCAL_CREDENTIALS)
-            self._cache[key] = self.session.client(service, **kwargs)  # type: ignore[call-overload]
+            client = self.session.client(service, **kwargs)  # type: ignore[call-overload]
+            if self.endpoint_url:
+                client.meta.events.register("after-call-error", _local_down(self.endpoint_url))
+            self._cache[key] = client
         return self._cache[key]
 
     def ec2(self, region: str | None = None) -> EC2Client:
@@ -79,6 +108,9 @@ class Clients:
 
     def autoscaling(self, region: str | None = None) -> AutoScalingClient:
         return self.client("autoscaling", region)  # type: ignore[no-any-return]
+
+    def kms(self, region: str | None = None) -> KMSClient:
+        return self.client("kms", region)  # type: ignore[no-any-return]
 
     def iam(self) -> IAMClient:
         return self.client("iam")  # type: ignore[no-any-return]

@@ -40,8 +40,8 @@ from rich.text import Text
 
 from pipeline import ui
 from pipeline.aws import tags as T
-from pipeline.aws.calls import describe, error_code
-from pipeline.aws.delta import UploadPlan, block_checksum, describe_snapshots
+from pipeline.aws.calls import describe, error_code, error_text
+from pipeline.aws.delta import UploadPlan, block_checksum, describe_snapshots, same_encryption
 from pipeline.aws.wait import poll
 from pipeline.blocks import BLOCK_SIZE
 from pipeline.errors import AwsError, ImageError, PipelineError
@@ -65,6 +65,10 @@ COMPLETION_TIMEOUT = 3600.0
 NOT_WRITABLE_CODES = ("ResourceNotFoundException", "ValidationException", "ConflictException")
 
 
+class ParentRefused(Exception):
+    """StartSnapshot refused the delta's parent; the message is the upload's note."""
+
+
 # -- uploading -----------------------------------------------------------------------------------------
 
 
@@ -82,10 +86,12 @@ class SnapshotResult:
     note: str = ""
 
 
-def find_complete(ec2: EC2Client, identity: Mapping[str, str], image_sha256: str) -> SnapshotTypeDef | None:
-    """A finished snapshot of exactly this image, if one exists."""
+def find_complete(
+    ec2: EC2Client, identity: Mapping[str, str], image_sha256: str, kms_key_arn: str = ""
+) -> SnapshotTypeDef | None:
+    """A finished snapshot of exactly this image, encrypted as ``kms_key_arn`` asks, if one exists."""
     found = describe_snapshots(ec2, {**identity, T.IMAGE_SHA256: image_sha256, T.UPLOAD: T.UPLOAD_COMPLETE})
-    found = [s for s in found if s.get("State") == "completed"]
+    found = [s for s in found if s.get("State") == "completed" and same_encryption(s, kms_key_arn)]
     return max(found, key=lambda s: (s.get("StartTime") or datetime.min, s["SnapshotId"])) if found else None
 
 
@@ -108,7 +114,7 @@ class Uploader:
         """The snapshot of ``p.image``: an existing complete one, a resumed one, or a new upload."""
         started = self.clock()
         self.sent_blocks = 0
-        done = find_complete(self.ec2, identity, p.image_sha256)
+        done = find_complete(self.ec2, identity, p.image_sha256, p.kms_key_id)
         if done is not None:
             dtags = T.from_aws(done.get("Tags"))
             return SnapshotResult(
@@ -122,7 +128,11 @@ class Uploader:
                 note=f"snapshot {done['SnapshotId']} of this image exists",
             )
         with upload_lock(self.lock_dir, p.image_sha256):
-            snapshot_id, resumed = self._start_or_resume(p, identity)
+            try:
+                snapshot_id, resumed = self._start_or_resume(p, identity)
+            except ParentRefused as refused:
+                p = p.without_parent(str(refused))
+                snapshot_id, resumed = self._start_or_resume(p, identity)
             try:
                 snapshot_id = self._write(p, snapshot_id, resumed)
             except PipelineError:
@@ -155,7 +165,11 @@ class Uploader:
         resumable = None
         for s in sorted(orphans, key=lambda s: s.get("StartTime") or datetime.min, reverse=True):
             stags = T.from_aws(s.get("Tags"))
-            same = stags.get(T.PARENT_SNAPSHOT) == p.parent_id and s.get("VolumeSize") == p.volume_gib
+            same = (
+                stags.get(T.PARENT_SNAPSHOT) == p.parent_id
+                and s.get("VolumeSize") == p.volume_gib
+                and (p.parent is not None or same_encryption(s, p.kms_key_id))
+            )
             if same and resumable is None:
                 resumable = s["SnapshotId"]
             else:  # started with another parent or size; it may be running elsewhere: gc's to judge
@@ -175,9 +189,17 @@ class Uploader:
         }
         if p.parent is not None:
             kwargs["ParentSnapshotId"] = p.parent.snapshot_id
-        if p.kms_key_id:
-            kwargs.update(Encrypted=True, KmsKeyArn=p.kms_key_id)
-        resp = self.ebs.start_snapshot(**kwargs)
+        kwargs.update(p.encryption())
+        try:
+            resp = self.ebs.start_snapshot(**kwargs)
+        except ClientError as err:
+            # An unencrypted parent is refused once the account encrypts new volumes by default
+            # ("Encryption outcomes for EBS direct APIs"): the image is then uploaded whole.
+            if p.parent is None or error_code(err) != "ValidationException":
+                raise
+            raise ParentRefused(
+                f"EBS refused {p.parent.snapshot_id} as a parent ({error_text(err)}): full upload"
+            ) from err
         snapshot_id = resp.get("SnapshotId")
         if not snapshot_id:
             raise AwsError("StartSnapshot returned no SnapshotId")

@@ -12,15 +12,16 @@ Shape (see cfn/ for the rendered result):
 - a load balancer security group open on the listener port to the configured CIDRs only, and an
   instance security group that admits the app port from the load balancer's group and nothing else
   (no SSH port, no key pair; outbound traffic limited to loopback, since the guests call nothing);
-- the load balancer and its listener, whose default action answers 503; the traffic goes through
-  listener rules: one per colour selected by the ``X-Pipeline-Color`` header (so the health gate can
-  probe a colour through the load balancer before it gets traffic), and a catch-all rule that
-  forwards to both target groups by weight;
-- per colour: a target group checking the app's health path (``app.health_path``), a launch
-  template (IMDSv2 required, the scratch volume as a block device deleted with the instance) and an
-  Auto Scaling group with ELB health checks. (The 5xx watch during a rollout reads the target
-  group's CloudWatch metric directly: an alarm resource would be the same check, and moto's
-  CloudFormation cannot create one.)
+- the load balancer (idle timeout ``deploy.idle_timeout_seconds``; in its own VPC it depends on the
+  gateway attachment, see :mod:`pipeline.aws.network`) and its listener, whose default action answers
+  503; the traffic goes through listener rules: one per colour for the health gate's probes, selected
+  by the ``X-Pipeline-Color`` header together with the release's secret ``X-Pipeline-Probe`` token
+  (:mod:`pipeline.aws.probe`), and a catch-all rule that forwards to both target groups by weight;
+- per colour: a target group checking the app's health path (``app.health_path``), a launch template
+  (IMDSv2 required, the scratch volume as a block device deleted with the instance, encrypted unless
+  the instance type cannot attach encrypted volumes) and an Auto Scaling group with ELB health
+  checks. (The 5xx watch during a rollout reads the target group's CloudWatch metric directly: an
+  alarm resource would be the same check, and moto's CloudFormation cannot create one.)
 
 Logical ids are chosen so that each launch template sorts before its group (``BlueLaunchTemplate``,
 ``BlueServerGroup``): moto applies updates in template key order, and a group updated before its
@@ -37,16 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from troposphere import (
-    AWSHelperFn,
     Equals,
     GetAtt,
-    GetAZs,
     If,
     NoValue,
+    Or,
     Output,
     Parameter,
     Ref,
-    Select,
     Tags,
     Template,
     ec2,
@@ -54,17 +53,16 @@ from troposphere import (
 from troposphere import autoscaling as asg
 from troposphere import elasticloadbalancingv2 as elb
 
-from pipeline.aws import listeners, pv, tags
+from pipeline.aws import listeners, probe, pv, tags
+from pipeline.aws.network import Network, ingress_from, network
+from pipeline.aws.probe import COLOR_HEADER as COLOR_HEADER  # where the health gate's header is named
 from pipeline.aws.tags import COLORS, Color
 from pipeline.config import Settings
 from pipeline.images.devices import scratch_device
 from pipeline.manifest import write_atomic
 
 HEALTH_PATH = "/health"
-COLOR_HEADER = "X-Pipeline-Color"  # a request with this header reaches only that colour
 MAX_CAPACITY = 100  # the bound of deploy.capacity
-VPC_CIDR = "10.80.0.0/16"
-SUBNET_CIDRS = ("10.80.0.0/20", "10.80.16.0/20")
 # Health checks every 10 s, healthy after 2 passes and unhealthy after 2 failures: a new instance is
 # in service about 20 s after it answers, and a broken one leaves within 20 s.
 HEALTH_INTERVAL = 10
@@ -76,6 +74,11 @@ UNHEALTHY_THRESHOLD = 2
 GRACE_PERIOD = 120
 # Connections to a colour whose weight dropped to 0 drain for this long (the default is 300 s).
 DEREGISTRATION_DELAY = 30
+# Instance families that cannot attach encrypted EBS volumes: the previous generations outside EBS
+# encryption's list of supported types ("Amazon EBS encryption", requirements: all current generation
+# types and, of the previous ones, C3, cr1.8xlarge, G2, I2, M3 and R3). Among the types the stack can
+# run (every current type for HVM, pv.PV_INSTANCE_TYPES for PV) that leaves these four PV families.
+NO_EBS_ENCRYPTION = ("c1", "m1", "m2", "t1")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class StackParams:
     https_port: int = 443
     access_logs_bucket: str = ""
     health_path: str = HEALTH_PATH  # what the target groups check (app.health_path)
+    idle_timeout_seconds: int = 60  # the load balancer's connection idle timeout (AWS's default)
 
     @property
     def stack_name(self) -> str:
@@ -117,6 +121,7 @@ def params_for(settings: Settings) -> StackParams:
         https_port=settings.deploy.https_port,
         access_logs_bucket=settings.deploy.access_logs_bucket,
         health_path=settings.app.health_path,
+        idle_timeout_seconds=settings.deploy.idle_timeout_seconds,
     )
 
 
@@ -131,7 +136,16 @@ def blueprint(p: StackParams) -> Template:
     common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
     color_params = {color: _color_parameters(t, color, p.target) for color in COLORS}
-    vpc, subnets = _network(t, p, common)
+    token = t.add_parameter(
+        Parameter(
+            probe.PARAMETER,
+            Type="String",
+            AllowedPattern=probe.PATTERN,
+            Description=f"the current release's secret: the {probe.HEADER} value the probe rules require",
+        )
+    )
+    net = network(t, p.stack_name, p.existing_vpc, common)
+    vpc, subnets = net.vpc, net.subnets
 
     alb_sg = t.add_resource(
         ec2.SecurityGroup(
@@ -140,7 +154,7 @@ def blueprint(p: StackParams) -> Template:
             f"{' and '.join(map(str, listeners.ports(p)))} from allowed networks",
             VpcId=vpc,
             SecurityGroupIngress=[
-                _ingress_from(cidr, port) for port in listeners.ports(p) for cidr in p.allowed_cidrs
+                ingress_from(cidr, port) for port in listeners.ports(p) for cidr in p.allowed_cidrs
             ],
             SecurityGroupEgress=[
                 ec2.SecurityGroupRule(
@@ -194,15 +208,21 @@ def blueprint(p: StackParams) -> Template:
                     Key="routing.http.drop_invalid_header_fields.enabled", Value="true"
                 ),
                 *listeners.access_log_attributes(p),
+                # The app must keep idle connections open longer than this, or the load balancer
+                # reuses one the app is closing and answers 502 (config checks the two).
+                elb.LoadBalancerAttributes(
+                    Key="idle_timeout.timeout_seconds", Value=str(p.idle_timeout_seconds)
+                ),
             ],
             Tags=Tags(**common),
+            **net.depends(),
         )
     )
     listener = listeners.add(t, p, alb, common)  # the HTTPS listener with a certificate, else HTTP
 
     groups: dict[Color, Any] = {}
     for color in COLORS:
-        groups[color] = _color_resources(t, p, color, color_params[color], vpc, subnets, alb, common)
+        groups[color] = _color_resources(t, p, color, color_params[color], net, common)
 
     for priority, color in enumerate(COLORS, start=1):
         t.add_resource(
@@ -214,7 +234,13 @@ def blueprint(p: StackParams) -> Template:
                     elb.Condition(
                         Field="http-header",
                         HttpHeaderConfig=elb.HttpHeaderConfig(HttpHeaderName=COLOR_HEADER, Values=[color]),
-                    )
+                    ),
+                    elb.Condition(
+                        Field="http-header",
+                        HttpHeaderConfig=elb.HttpHeaderConfig(
+                            HttpHeaderName=probe.HEADER, Values=[Ref(token)]
+                        ),
+                    ),
                 ],
                 Actions=[elb.ListenerRuleAction(Type="forward", TargetGroupArn=Ref(groups[color]))],
                 Tags=Tags(**common),
@@ -312,7 +338,6 @@ def _color_parameters(t: Template, color: Color, target: str) -> dict[str, Param
     }
     for param in out.values():
         t.add_parameter(param)
-    t.add_condition(f"{c}IsPv", Equals(Ref(out["Virtualization"]), "pv"))
     t.add_rule(
         f"{c}PvInstanceType",
         {
@@ -332,86 +357,32 @@ def _color_parameters(t: Template, color: Color, target: str) -> dict[str, Param
     return out
 
 
-def _network(t: Template, p: StackParams, common: Mapping[str, str]) -> tuple[Any, Any]:
-    """The VPC id and the list of subnet ids: parameters, or a VPC of the stack's own."""
-    if p.existing_vpc:
-        vpc = t.add_parameter(Parameter("VpcId", Type="AWS::EC2::VPC::Id", Description="an existing VPC"))
-        subnets = t.add_parameter(
-            Parameter(
-                "SubnetIds",
-                Type="List<AWS::EC2::Subnet::Id>",
-                Description="public subnets of that VPC in at least two availability zones",
-            )
-        )
-        return Ref(vpc), Ref(subnets)
-    own = t.add_resource(
-        ec2.VPC(
-            "Vpc",
-            CidrBlock=VPC_CIDR,
-            EnableDnsHostnames=True,
-            EnableDnsSupport=True,
-            Tags=Tags(**common, Name=p.stack_name),
-        )
-    )
-    gateway = t.add_resource(ec2.InternetGateway("InternetGateway", Tags=Tags(**common, Name=p.stack_name)))
-    attachment = t.add_resource(
-        ec2.VPCGatewayAttachment("GatewayAttachment", VpcId=Ref(own), InternetGatewayId=Ref(gateway))
-    )
-    table = t.add_resource(ec2.RouteTable("PublicRouteTable", VpcId=Ref(own), Tags=Tags(**common)))
-    t.add_resource(
-        ec2.Route(
-            "PublicRoute",
-            DependsOn=attachment,
-            RouteTableId=Ref(table),
-            DestinationCidrBlock="0.0.0.0/0",
-            GatewayId=Ref(gateway),
-        )
-    )
-    subnet_refs: list[AWSHelperFn] = []
-    for index, cidr in enumerate(SUBNET_CIDRS):
-        name = f"PublicSubnet{'AB'[index]}"
-        subnet = t.add_resource(
-            ec2.Subnet(
-                name,
-                VpcId=Ref(own),
-                CidrBlock=cidr,
-                AvailabilityZone=Select(index, GetAZs("")),
-                # Instances get no public address: only the load balancer is reachable from outside.
-                MapPublicIpOnLaunch=False,
-                Tags=Tags(**common, Name=f"{p.stack_name}-{'ab'[index]}"),
-            )
-        )
-        t.add_resource(
-            ec2.SubnetRouteTableAssociation(f"{name}Routes", SubnetId=Ref(subnet), RouteTableId=Ref(table))
-        )
-        subnet_refs.append(Ref(subnet))
-    return Ref(own), subnet_refs
-
-
-def _ingress_from(cidr: str, port: int) -> ec2.SecurityGroupRule:
-    family = {"CidrIpv6": cidr} if ":" in cidr else {"CidrIp": cidr}
-    return ec2.SecurityGroupRule(
-        Description=f"listener port from {cidr}", IpProtocol="tcp", FromPort=port, ToPort=port, **family
-    )
-
-
 def _color_resources(
     t: Template,
     p: StackParams,
     color: Color,
     params: Mapping[str, Parameter],
-    vpc: Any,
-    subnets: Any,
-    alb: elb.LoadBalancer,
+    net: Network,
     common: Mapping[str, str],
 ) -> elb.TargetGroup:
     c = color.capitalize()
     is_pv = f"{c}IsPv"
+    plain = f"{c}ScratchPlain"
+    t.add_condition(
+        plain,
+        Or(
+            *(
+                Equals(Ref(params["InstanceType"]), kind)
+                for kind in pv.PV_INSTANCE_TYPES
+                if kind.split(".")[0] in NO_EBS_ENCRYPTION
+            )
+        ),
+    )
     colored = {**common, tags.COLOR: color}
     group = t.add_resource(
         elb.TargetGroup(
             f"{c}TargetGroup",
-            VpcId=vpc,
+            VpcId=net.vpc,
             Port=p.app_port,
             Protocol="HTTP",
             TargetType="instance",
@@ -456,9 +427,9 @@ def _color_resources(
                                     VolumeSize=p.scratch_size_gib,
                                     VolumeType="gp3",
                                     DeleteOnTermination=True,
-                                    # The oldest PV families (C1, M1, M2, T1) refuse encrypted volumes: a
-                                    # PV scratch volume follows the account's default encryption instead.
-                                    Encrypted=If(is_pv, NoValue, True),
+                                    # C1, M1, M2 and T1 cannot attach encrypted volumes: there the scratch
+                                    # volume follows the account's default encryption (NO_EBS_ENCRYPTION).
+                                    Encrypted=If(plain, NoValue, True),
                                 ),
                             )
                         ]
@@ -483,7 +454,7 @@ def _color_resources(
             MinSize=Ref(params["Capacity"]),
             MaxSize=Ref(params["Capacity"]),
             DesiredCapacity=Ref(params["Capacity"]),
-            VPCZoneIdentifier=subnets,
+            VPCZoneIdentifier=net.subnets,
             TargetGroupARNs=[Ref(group)],
             HealthCheckType="ELB",
             HealthCheckGracePeriod=GRACE_PERIOD,
@@ -491,6 +462,7 @@ def _color_resources(
                 asg.Tag(key, value, True)
                 for key, value in sorted({**colored, tags.BUILD_ID: Ref(params["BuildId"])}.items())
             ],
+            **net.depends(),
         )
     )
     t.add_output(

@@ -33,6 +33,8 @@ GIT_DIRTY = "GitDirty"  # "true" when the checkout had uncommitted changes, "fal
 OTP_VERSION = "OtpVersion"
 KERNEL_VERSION = "KernelVersion"  # beam: the Linux kernel package version
 LING_VERSION = "LingVersion"  # ling: the LING/railing version
+CONFIG_SOURCE = "ConfigSource"  # "pipeline.toml", or "overrides" when --set changed the build's settings
+CONFIG_OVERRIDES = "ConfigOverrides"  # with overrides: the SECTION.KEY names they set (not the values)
 IMAGE_SHA256 = "ImageSha256"  # of the whole raw disk image that was uploaded
 DEPENDENCIES = "Dependencies"  # how many the app has and where they are listed (its build's manifest)
 SNAPSHOT = "SnapshotId"  # on AMIs: the snapshot the pipeline uploaded (moto reports another one)
@@ -40,6 +42,9 @@ SNAPSHOT_CHECKSUM = "SnapshotChecksum"  # the linear aggregate SHA-256 given to 
 PARENT_SNAPSHOT = "ParentSnapshot"  # the snapshot the upload was a delta against, or "none"
 SOURCE_IMAGE = "SourceImage"  # on copies: "region/ami-..." they were copied from
 DEPRECATE_AT = "DeprecateAt"  # the deprecation time the pipeline set (ISO 8601, UTC)
+
+# The tags that make images and snapshots one series (delta parents, reuse, gc groups are per series).
+SERIES = (MANAGED, APP, ENV, TARGET, VIRTUALIZATION)
 
 UPLOAD_INCOMPLETE = "incomplete"
 UPLOAD_COMPLETE = "complete"

@@ -18,6 +18,7 @@ checked against their limits, when the build is planned, before anything is buil
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import stat
@@ -177,7 +178,7 @@ def build_image(ctx: BuildContext, r: Recipe) -> dict[str, Any]:
     parts = {"runtime": tree, "config": baked}
     sizes = dict(zip(parts, initramfs.write(initrd, list(parts.values()), r.compression), strict=True))
     kernel = boot / "vmlinuz"
-    shutil.copyfile(vmlinuz[0], kernel)
+    copy_file(vmlinuz[0], kernel, "the kernel")
     lines = {spec.name: cmdline(r, spec.console) for spec in r.disks}
     direct = cmdline(r, "ttyS0")
     write_atomic(boot / "cmdline", (direct + "\n").encode())
@@ -382,3 +383,20 @@ def _host_package_versions() -> dict[str, str]:
         name, _, version = line.partition(" ")
         versions[f"host:{name}"] = version
     return versions
+
+
+def copy_file(src: Path, dest: Path, what: str) -> None:
+    """Copy ``src`` to ``dest``; a full disk (or any other write error) is a one-line ImageError. The
+    build directory it writes into is removed by the build when this fails."""
+    try:
+        shutil.copyfile(src, dest)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ImageError(
+                f"no space left on the disk of {dest.parent} while copying {what} ({src.name})",
+                hint=f"free some space there (df -h {dest.parent}), then run invoke build again",
+            ) from err
+        raise ImageError(
+            f"cannot copy {what} {src} to {dest}: {err.strerror or err}",
+            hint="check that the build directory is writable, then run invoke build again",
+        ) from err

@@ -4,11 +4,13 @@ It runs an asyncio event loop in a thread of the local AWS's process. For every 
 listener of a load balancer in the local AWS it listens on 127.0.0.1 at the listener's port (an HTTPS
 listener terminates TLS with its certificate from the local ACM and its security policy:
 :mod:`pipeline.local.tls`) and, for each request, finds the action of the listener's rules
-(:mod:`pipeline.local.routing`: the weighted rule, the ``X-Pipeline-Color`` header rules, the fixed
-503 default, a redirect to HTTPS) and forwards the request to a target that is healthy and not
-draining (:class:`~pipeline.local.registry.Registry`), adding the ``X-Forwarded-*`` headers an ALB
-adds. The rules and the members of the target groups are replaced as a whole by
-:meth:`Balancer.configure` whenever the local AWS changed, so the next request follows the new weights.
+(:mod:`pipeline.local.routing`: the weighted rule, the health gate's probe rules, the fixed 503
+default, a redirect to HTTPS) and forwards the request to a healthy target that is not draining, or to
+any target of a group that has no healthy one (it fails open, as an ALB does; ``stats["fail_open"]``
+counts those requests), adding the ``X-Forwarded-*`` headers an ALB adds. The rules and the members of
+the target groups are replaced as a whole by :meth:`Balancer.configure` whenever the local AWS
+changed, so the next request follows the new weights. Idle connections are closed after the load
+balancer's ``idle_timeout.timeout_seconds``.
 
 Draining: a target is taken for a request (:meth:`Registry.acquire`) and given back when the response
 has been relayed; the runner stops a target's VM only once no request is in flight to it. A target
@@ -47,7 +49,9 @@ from pipeline.local.routing import Chooser, Fixed, Forward, Listener, Redirect, 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
-IDLE_TIMEOUT = 60.0  # seconds a connection may sit without traffic (an ALB's default idle timeout)
+# Seconds a connection may sit without traffic when no listener says otherwise (an ALB's default); a
+# listener follows its load balancer's idle_timeout.timeout_seconds (deploy.idle_timeout_seconds).
+IDLE_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 5.0  # to a target
 MAX_BODY = 1 << 20  # request bodies above this get 413 (the app itself takes 64 KiB)
 # Health checks run at the target group's interval, but at least this often: a local VM answers in
@@ -226,13 +230,14 @@ class Balancer:
         peer = writer.get_extra_info("peername") or ("?", 0)
         try:
             while True:
+                idle = self._idle(port)
                 try:
-                    event = await _next_event(conn, reader, IDLE_TIMEOUT)
+                    event = await _next_event(conn, reader, idle)
                     if not isinstance(event, h11.Request):
                         return  # closed, or idle too long
                     body = bytearray()
                     while True:
-                        part = await _next_event(conn, reader, IDLE_TIMEOUT)
+                        part = await _next_event(conn, reader, idle)
                         if isinstance(part, h11.Data):
                             body += part.data
                             if len(body) > MAX_BODY:
@@ -257,6 +262,10 @@ class Balancer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _idle(self, port: int) -> float:
+        listener = self.listeners.get(port)
+        return listener.idle_timeout if listener is not None else IDLE_TIMEOUT
+
     async def _handle(self, ex: _Exchange) -> None:
         self.stats["requests"] += 1
         listener = self.listeners.get(ex.port)
@@ -278,15 +287,22 @@ class Balancer:
     async def _forward(self, ex: _Exchange, action: Forward) -> None:
         tried: set[str] = set()
         while True:
-            target = self.chooser.choose(action, self.members, self.registry.routable, frozenset(tried))
-            if target is None:
-                self.stats["no_target"] += 1
-                await _send_fixed(ex.conn, ex.writer, Fixed(503, body="no healthy target"))
+            pick = self.chooser.choose(action, self.members, self.registry.state, frozenset(tried))
+            if pick is None:
+                if tried:  # every target there was refused the connection or has no VM
+                    self.stats["unreachable"] += 1
+                    await _send_fixed(ex.conn, ex.writer, Fixed(502, body="bad gateway"))
+                else:
+                    self.stats["no_target"] += 1
+                    await _send_fixed(ex.conn, ex.writer, Fixed(503, body="no target"))
                 return
+            target = pick.target
             tried.add(target)
-            target_port = self.registry.acquire(target)
+            target_port = self.registry.acquire(target, any_health=pick.fail_open)
             if target_port is None:
-                continue  # it stopped being routable between the choice and now
+                continue  # it stopped taking requests between the choice and now
+            if pick.fail_open:
+                self.stats["fail_open"] += 1
             try:
                 try:
                     up_reader, up_writer = await asyncio.wait_for(
@@ -328,7 +344,7 @@ class Balancer:
             up_writer.write(out + (up.send(h11.EndOfMessage()) or b""))
             await up_writer.drain()
             while True:
-                reply = await _next_event(up, up_reader, IDLE_TIMEOUT)
+                reply = await _next_event(up, up_reader, self._idle(port))
                 if isinstance(reply, h11.Response):
                     break
                 if not isinstance(reply, h11.InformationalResponse):
@@ -340,7 +356,7 @@ class Balancer:
                 conn, writer, h11.Response(status_code=reply.status_code, headers=keep, reason=reply.reason)
             )
             while True:
-                part = await _next_event(up, up_reader, IDLE_TIMEOUT)
+                part = await _next_event(up, up_reader, self._idle(port))
                 if isinstance(part, h11.Data):
                     await _send(conn, writer, h11.Data(data=part.data))
                 elif isinstance(part, h11.EndOfMessage):

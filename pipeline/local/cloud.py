@@ -23,7 +23,9 @@ image's ``ManagedBy`` tag):
    starts, :func:`pipeline.local.memory.check_room` must agree that it fits.
 3. **Health.** The target group's health check runs against the VM (:mod:`pipeline.local.balancer`),
    and ``DescribeTargetHealth`` reports its state: ``initial`` while the disk is assembled and the VM
-   boots, then ``healthy`` or ``unhealthy``, ``draining`` once the instance is terminated.
+   boots, then ``healthy`` or ``unhealthy``, ``draining`` once the instance is terminated. An
+   instance that cannot run (its image's disk cannot be read, say) is ``unhealthy`` with the reason
+   in the description, and ``GetConsoleOutput`` gives it too (for a running VM: its serial console).
 4. **Traffic.** The load balancer serves the HTTP listeners of the local AWS on 127.0.0.1.
 5. **End.** An instance that is terminated (scale-in, a replaced group, a deleted stack) drains: no
    new requests, those in flight finish (up to the target group's deregistration delay); then its VM
@@ -51,6 +53,7 @@ from typing import Any
 from pipeline.aws import tags as T
 from pipeline.aws.session import Clients
 from pipeline.errors import ImageError, PipelineError
+from pipeline.local import cloud_api as api
 from pipeline.local import console, memory, world
 from pipeline.local.balancer import Balancer
 from pipeline.local.control import CloudConfig
@@ -110,20 +113,17 @@ class LocalCloud:
 
     def start(self) -> None:
         """Start the balancer and the sync thread (after the server listens: disks are read through it)."""
-        global _active
         for leftover in ("vms",):  # VMs of an earlier server process died with it; so did their disks
             shutil.rmtree(self.dir / leftover, ignore_errors=True)
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        _install_health_hook()
-        console.install(self.console_log)
-        _active = self
+        api.activate(self.registry, lambda: self.config.run_instances)
+        console.install(self.console_log, self.cannot_run)
         self.balancer.start()
         self._thread.start()
         log.info("local cloud started (%s)", self.config.to_json())
 
     def stop(self) -> None:
         """Stop taking requests, shut every VM down (in parallel), stop the threads."""
-        global _active
         self._stopping.set()
         self._wake.set()
         self.balancer.stop(grace=5.0)
@@ -131,9 +131,8 @@ class LocalCloud:
             self._thread.join(timeout=STOP_GRACE + 30)
         self._prepare.shutdown(wait=False, cancel_futures=True)
         self._stopper.shutdown(wait=True)
-        if _active is self:
-            _active = None
-            console.uninstall()
+        api.deactivate(self.registry)
+        console.uninstall()
         log.info("local cloud stopped")
 
     def poke(self) -> None:
@@ -280,8 +279,8 @@ class LocalCloud:
                     f"image {view.image_id} has no {T.SNAPSHOT} tag: it was not uploaded by invoke ami"
                 )
             with self._clients_lock:
-                ebs, ec2 = self._clients.ebs(view.region), self._clients.ec2(view.region)
-            disk = self.cache.get(ebs, ec2, snapshot, image_tags.get(T.IMAGE_SHA256, ""))
+                ebs = self._clients.ebs(view.region)
+            disk = self.cache.get(ebs, snapshot, image_tags.get(T.IMAGE_SHA256, ""))
             machine_dir = self.dir / "vms" / view.instance_id
             machine_dir.mkdir(parents=True, exist_ok=True)
             scratch = make_scratch(machine_dir / "scratch.img", view.scratch_gib)
@@ -387,6 +386,11 @@ class LocalCloud:
         finally:
             self.registry.remove(instance_id)
 
+    def cannot_run(self, instance_id: str) -> str | None:
+        """Why ``instance_id`` cannot run at all (its image's disk cannot be read, ...), if it cannot."""
+        machine = self.registry.get(instance_id)
+        return machine.error if machine is not None and machine.error else None
+
     def console_log(self, instance_id: str) -> Path | None:
         """Where the serial console of ``instance_id``'s VM is (kept for a while after it ended)."""
         machine = self.registry.get(instance_id)
@@ -430,46 +434,3 @@ class LocalCloud:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
-
-
-# -- DescribeTargetHealth ------------------------------------------------------------------------------------
-
-_active: LocalCloud | None = None
-_original_health_for: Any = None
-
-
-def _install_health_hook() -> None:
-    """Make moto's target health report what the local cloud's health checks see (once per process)."""
-    global _original_health_for
-    from moto.elbv2 import models
-
-    if _original_health_for is not None:
-        return
-    _original_health_for = models.FakeTargetGroup.health_for
-
-    def health_for(group: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
-        status = _original_health_for(group, target, ec2_backend)
-        cloud = _active
-        if cloud is None or not cloud.config.run_instances or status.status in ("unused", "unavailable"):
-            return status
-        target_id = str(target["Id"])
-        known = cloud.registry.health_of(target_id)
-        if known is not None:
-            state, reason, description = known
-            return models.FakeHealthStatus(
-                target_id, status.port, group.health_check_port, state, reason or None, description or None
-            )
-        instance = ec2_backend.get_instance_by_id(target_id) if target_id.startswith("i-") else None
-        if instance is None or instance.state != "running":
-            # A terminated instance of a replaced group (moto leaves it registered) is leaving.
-            return models.FakeHealthStatus(
-                target_id, status.port, group.health_check_port, "draining",
-                "Target.DeregistrationInProgress", "Target deregistration is in progress",
-            )  # fmt: skip
-        # Registered in this very request: the cloud has not seen it yet.
-        return models.FakeHealthStatus(
-            target_id, status.port, group.health_check_port, "initial",
-            "Elb.RegistrationInProgress", "Target registration is in progress",
-        )  # fmt: skip
-
-    models.FakeTargetGroup.health_for = health_for  # type: ignore[method-assign,assignment]

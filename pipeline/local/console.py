@@ -22,7 +22,9 @@ from typing import Any
 MAX_BYTES = 64 * 1024  # "Only the most recent 64 KB of console output is available."
 
 Finder = Callable[[str], Path | None]  # instance id -> its console log, None if it has no VM
+Why = Callable[[str], str | None]  # instance id -> why it cannot run (its disk cannot be read, ...)
 _finder: Finder | None = None
+_why: Why = lambda _instance: None  # noqa: E731
 _original: Any = None
 
 
@@ -36,13 +38,16 @@ def tail(path: Path, limit: int = MAX_BYTES) -> tuple[bytes, dt.datetime]:
     return data, modified
 
 
-def install(finder: Finder) -> None:
-    """Answer GetConsoleOutput from ``finder``'s console logs (in this process, from now on)."""
-    global _finder, _original
+def install(finder: Finder, why: Why | None = None) -> None:
+    """Answer GetConsoleOutput from ``finder``'s console logs (in this process, from now on); an
+    instance that cannot run at all says why (``why``) at the end of its console, as the only place
+    an operator without SSH can read it."""
+    global _finder, _why, _original
     from moto.core.responses import ActionResult
     from moto.ec2.responses.general import General
 
     _finder = finder
+    _why = why or (lambda _instance: None)
     if _original is not None:
         return
     _original = General.get_console_output
@@ -54,11 +59,18 @@ def install(finder: Finder) -> None:
         instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))  # NotFound as EC2
         result: dict[str, Any] = {"InstanceId": instance.id}
         path = find(instance.id)
+        data = b""
         if path is not None and path.is_file():
             data, modified = tail(path)
             result["Timestamp"] = modified.replace(tzinfo=None)
-            if data:
-                result["Output"] = base64.b64encode(data).decode("ascii")
+        reason = _why(instance.id)
+        if reason:
+            data = (data + f"\nlocal cloud: instance {instance.id} cannot run: {reason}\n".encode())[
+                -MAX_BYTES:
+            ]
+            result.setdefault("Timestamp", dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        if data:
+            result["Output"] = base64.b64encode(data).decode("ascii")
         return ActionResult(result)
 
     General.get_console_output = get_console_output  # type: ignore[method-assign]

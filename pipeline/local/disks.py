@@ -2,11 +2,11 @@
 
 :func:`assemble` reads a snapshot's blocks through the EBS direct APIs (ListSnapshotBlocks,
 GetSnapshotBlock) and writes them into a sparse raw file; blocks that were never stored are zero. A
-snapshot uploaded as a delta names its parent (the ``ParentSnapshot`` tag): the parents are read
-first and each child's blocks laid over them. (EBS lists a child's inherited blocks too, which makes
-the walk redundant there but harmless; moto lists only the child's own.) Every block's SHA-256 is
-checked against the checksum the API returns, and the whole disk against the image digest the AMI
-carries, so what boots is exactly what was uploaded.
+snapshot uploaded as a delta is read on its own, as on EBS: ListSnapshotBlocks lists the blocks it
+inherited from its parent too, so each snapshot stands alone and deleting a parent (``invoke gc``)
+leaves its children whole (the local AWS keeps a child's inherited blocks, ``aws_rules.py``). Every
+block's SHA-256 is checked against the checksum the API returns, and the whole disk against the
+image digest the AMI carries, so what boots is exactly what was uploaded.
 
 :func:`extract_boot` takes the unified kernel image (``EFI/BOOT/BOOTX64.EFI`` on the EFI system
 partition) out of such a disk and splits it into the kernel, initramfs and command line its PE
@@ -32,20 +32,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.aws import tags as T
+from botocore.exceptions import ClientError
+
+from pipeline.aws.calls import error_text
 from pipeline.blocks import BLOCK_SIZE, GIB
 from pipeline.errors import ImageError, ToolFailed
 from pipeline.proc import run
 
 if TYPE_CHECKING:
     from mypy_boto3_ebs import EBSClient
-    from mypy_boto3_ec2 import EC2Client
 
 log = logging.getLogger(__name__)
 
 ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # GPT partition type of an EFI system partition
 UKI_PATH = "EFI/BOOT/BOOTX64.EFI"  # the removable-media path UEFI firmware boots
-MAX_CHAIN = 1000  # parents followed at most (a loop in the tags would otherwise never end)
 _ZERO = bytes(BLOCK_SIZE)
 
 
@@ -59,22 +59,6 @@ class BootFiles:
 
 
 # -- snapshot -> disk --------------------------------------------------------------------------------
-
-
-def chain(ec2: EC2Client, snapshot_id: str) -> list[str]:
-    """``snapshot_id`` and its parents (by the ``ParentSnapshot`` tag), the oldest first."""
-    out = [snapshot_id]
-    while len(out) <= MAX_CHAIN:
-        snaps = ec2.describe_snapshots(SnapshotIds=[out[-1]]).get("Snapshots", [])
-        if not snaps:
-            raise ImageError(f"snapshot {out[-1]} does not exist", hint="was it removed by invoke gc?")
-        parent = T.from_aws(snaps[0].get("Tags")).get(T.PARENT_SNAPSHOT, T.NO_PARENT)
-        if not parent or parent == T.NO_PARENT:
-            return list(reversed(out))
-        if parent in out:
-            raise ImageError(f"snapshot {out[-1]}: its ParentSnapshot tag leads back to {parent}")
-        out.append(parent)
-    raise ImageError(f"snapshot {snapshot_id}: more than {MAX_CHAIN} parents")
 
 
 def _list_blocks(ebs: EBSClient, snapshot_id: str) -> tuple[int, dict[int, str]]:
@@ -95,21 +79,21 @@ def _list_blocks(ebs: EBSClient, snapshot_id: str) -> tuple[int, dict[int, str]]
 
 def assemble(
     ebs: EBSClient,
-    ec2: EC2Client,
     snapshot_id: str,
     dest: Path,
     expect_sha256: str = "",
     workers: int = 4,
 ) -> Path:
-    """Write the disk of ``snapshot_id`` (parents included) to ``dest``; check it against
-    ``expect_sha256`` when given. Atomic: ``dest`` appears only when complete and checked."""
-    snapshots = chain(ec2, snapshot_id)
-    size = 0
-    final: dict[int, tuple[str, str]] = {}  # index -> (snapshot, token) of its newest write
-    for snap in snapshots:
-        snap_size, blocks = _list_blocks(ebs, snap)
-        size = snap_size or size
-        final.update({i: (snap, token) for i, token in blocks.items()})
+    """Write the disk of ``snapshot_id`` to ``dest``; check it against ``expect_sha256`` when given.
+    Atomic: ``dest`` appears only when complete and checked."""
+    try:
+        size, blocks = _list_blocks(ebs, snapshot_id)
+    except ClientError as err:
+        raise ImageError(
+            f"snapshot {snapshot_id} cannot be read: {error_text(err)}",
+            hint="was it removed (invoke gc)? upload the image again with invoke ami",
+        ) from err
+    final = {i: (snapshot_id, token) for i, token in blocks.items()}
     if size <= 0:
         raise ImageError(f"snapshot {snapshot_id}: the EBS API reports no volume size")
     beyond = [i for i in final if (i + 1) * BLOCK_SIZE > size]
@@ -153,7 +137,7 @@ def assemble(
             os.close(fd)
         tmp.unlink(missing_ok=True)
         raise
-    log.info("assembled %s from %s (%d blocks)", dest.name, " <- ".join(snapshots), len(final))
+    log.info("assembled %s from %s (%d blocks)", dest.name, snapshot_id, len(final))
     return dest
 
 
@@ -269,13 +253,13 @@ class DiskCache:
     def disk(self, snapshot_id: str) -> Path:
         return self.directory / f"{snapshot_id}.img"
 
-    def get(self, ebs: EBSClient, ec2: EC2Client, snapshot_id: str, expect_sha256: str) -> Path:
+    def get(self, ebs: EBSClient, snapshot_id: str, expect_sha256: str) -> Path:
         with self._lock:
             lock = self._locks.setdefault(snapshot_id, threading.Lock())
         with lock:
             path = self.disk(snapshot_id)
             if not path.is_file():
-                assemble(ebs, ec2, snapshot_id, path, expect_sha256)
+                assemble(ebs, snapshot_id, path, expect_sha256)
                 self.assembled += 1
             return path
 

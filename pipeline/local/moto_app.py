@@ -7,6 +7,8 @@ What it adds to a plain moto server:
 - **CloudFormation's full life cycle.** moto cannot delete some resources a stack made (its route
   tables); ``cfn_fixes.apply`` gives them the delete CloudFormation performs on AWS, before the journal
   is replayed (a replayed DeleteStack must succeed as it did) and for good (``/moto-api/reset`` keeps it).
+- **AWS's rules where moto has none** (``aws_rules.apply``): encryption and parents of EBS direct
+  snapshots, idempotency tokens, unique AMI names; a delta snapshot holds its parent's blocks.
 - **Amazon's images.** On start (and after ``/moto-api/reset``) the PV-GRUB AKIs of the PV regions
   are added as Amazon-owned images (``amazon_images.seed``), so the pipeline finds them as on AWS.
 - **State that survives a restart.** moto keeps everything in memory. Every request that changes
@@ -48,7 +50,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from pipeline.local import amazon_images, cfn_fixes
+from pipeline.local import amazon_images, aws_rules, cfn_fixes
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,7 @@ class LocalAws:
         global _frozen_now
         _install_replay_clock()
         cfn_fixes.apply()  # patches moto's classes, so it outlives a reset
+        aws_rules.apply()  # what AWS refuses or guarantees where moto does not (aws_rules.py)
         entries = self.journal.load()
         self._prime()
         from werkzeug.test import EnvironBuilder

@@ -216,11 +216,21 @@ class Registry:
             machine = self._machines.get(instance_id)
             return machine is not None and machine.routable
 
-    def acquire(self, instance_id: str) -> int | None:
-        """Take ``instance_id`` for one request: its host port, or None if it takes no new requests."""
+    def state(self, instance_id: str) -> str:
+        """The target's health state as the load balancer sees it ("" for an instance not run here)."""
         with self._cond:
             machine = self._machines.get(instance_id)
-            if machine is None or not machine.routable or machine.host_port is None:
+            return machine.health.state if machine is not None else ""
+
+    def acquire(self, instance_id: str, any_health: bool = False) -> int | None:
+        """Take ``instance_id`` for one request: its host port, or None if it takes no new requests.
+        ``any_health``: its group fails open, so an unhealthy target is taken too (if it has a VM)."""
+        with self._cond:
+            machine = self._machines.get(instance_id)
+            if machine is None or machine.host_port is None:
+                return None
+            open_ok = any_health and machine.phase in ("running", "failed")
+            if not (machine.routable or open_ok):
                 return None
             machine.in_flight += 1
             return machine.host_port

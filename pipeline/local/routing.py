@@ -5,12 +5,16 @@ action (forward, a fixed response, or a redirect: :func:`location` builds the re
 :func:`route` finds the action of the first rule whose conditions all match the request (the
 ALB condition types ``path-pattern``, ``http-header``, ``host-header`` and ``http-request-method``;
 a rule with a condition of another type never matches). :func:`choose` picks a target for a forward
-action: a target group by weight, then the next of its routable targets in turn (round robin).
+action: a target group by weight, then the next of its targets in turn (round robin).
 
-One deliberate difference from an ALB: a target group with no routable (healthy, not draining)
-target is left out of the weighted choice instead of failing open to its unhealthy targets, so a
-colour that is still booting or draining never gets a request; when no group of the action has a
-routable target, :func:`choose` returns None and the request gets 503.
+Which targets of a group take requests is an ALB's rule ("Health checks for Application Load Balancer
+target groups": "If a target group contains only unhealthy registered targets, the load balancer
+routes requests to all those targets, regardless of their health status"): its healthy targets; when
+every target it has is unhealthy, all of them (the group **fails open**, and requests to a colour that
+broke while it had traffic fail until the rollback takes its weight away). Targets still in their
+initial checks are not in service yet, and a draining one (deregistered, or its instance terminated)
+takes no new request; a group with nothing to route to is left out of the choice, and when no group of
+the action is left, :func:`choose` returns None and the request gets 503.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class Listener:
-    """One HTTP listener of a load balancer."""
+    """One HTTP or HTTPS listener of a load balancer."""
 
     port: int
     load_balancer: str  # the load balancer's name (for messages and status)
@@ -80,6 +84,7 @@ class Listener:
     default: Action
     protocol: str = "HTTP"  # HTTP | HTTPS
     tls: Tls | None = None  # HTTPS: the certificate and the security policy
+    idle_timeout: float = 60.0  # the load balancer's idle_timeout.timeout_seconds (AWS's default: 60)
 
 
 @dataclass(frozen=True)
@@ -210,9 +215,15 @@ def route(listener: Listener, request: Request) -> Action:
 # -- choosing a target ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Pick:
+    target: str
+    fail_open: bool  # its group had no healthy target: picked regardless of its health
+
+
 @dataclass
 class Chooser:
-    """Picks targets: a group by weight (``rng``), then its routable targets in turn."""
+    """Picks targets: a group by weight (``rng``), then its targets in turn."""
 
     rng: random.Random = field(default_factory=random.Random)
     _turns: dict[str, itertools.count[int]] = field(default_factory=dict)
@@ -221,20 +232,26 @@ class Chooser:
         self,
         action: Forward,
         members: Mapping[str, Sequence[str]],
-        routable: Callable[[str], bool],
+        health: Callable[[str], str],
         exclude: frozenset[str] = frozenset(),
-    ) -> str | None:
-        """A routable target of ``action``'s groups (``members``: group ARN -> its registered targets),
-        or None if no group with a weight above 0 has one. ``exclude`` are targets already tried."""
-        candidates: list[tuple[str, int, list[str]]] = []
+    ) -> Pick | None:
+        """A target of ``action``'s groups (``members``: group ARN -> its registered targets; ``health``:
+        a target's state, ``healthy``, ``initial``, ``unhealthy`` or ``draining``; "" for one the cloud
+        does not run), or None if no group with a weight above 0 has one to route to. ``exclude`` are
+        targets already tried."""
+        candidates: list[tuple[str, int, list[str], bool]] = []
         for arn, weight in action.groups:
             if weight <= 0:
                 continue
-            ready = [t for t in members.get(arn, ()) if t not in exclude and routable(t)]
+            states = {t: health(t) for t in members.get(arn, ())}
+            serving = [t for t, state in states.items() if state not in ("draining", "")]
+            healthy = [t for t in serving if states[t] == "healthy"]
+            fail_open = bool(serving) and all(states[t] == "unhealthy" for t in serving)
+            ready = [t for t in (serving if fail_open else healthy) if t not in exclude]
             if ready:
-                candidates.append((arn, weight, ready))
+                candidates.append((arn, weight, ready, fail_open))
         if not candidates:
             return None
-        arn, _, ready = self.rng.choices(candidates, weights=[w for _, w, _ in candidates])[0]
+        arn, _, ready, fail_open = self.rng.choices(candidates, weights=[w for _, w, _, _ in candidates])[0]
         turn = next(self._turns.setdefault(arn, itertools.count()))
-        return ready[turn % len(ready)]
+        return Pick(ready[turn % len(ready)], fail_open)

@@ -184,4 +184,5 @@ def _listener(lb: Any, listener: Any) -> Listener:
     rules.sort(key=lambda r: r.priority)
     if default is None:
         default = action_of([a.data for a in listener.default_actions])
-    return Listener(int(listener.port), lb.name, lb.dns_name, tuple(rules), default)
+    idle = float(getattr(lb, "attrs", {}).get("idle_timeout.timeout_seconds") or 60)
+    return Listener(int(listener.port), lb.name, lb.dns_name, tuple(rules), default, idle_timeout=idle)
