@@ -251,7 +251,7 @@ def test_an_umbrella_without_a_release_needs_app_name_to_pick_the_app(tmp_path: 
 def test_a_path_without_rebar_config_is_refused_unless_the_name_is_given(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     text = 'default_env = "dev"\n[app]\npath = "empty"\n[env.dev]\n'
-    with pytest.raises(ConfigError, match=r"app\.path: .*empty"? has no rebar\.config"):
+    with pytest.raises(ConfigError, match=r'app\.path: .*empty"? has no rebar\.config'):
         config.load(write(tmp_path, text))
     # the tasks that only talk to AWS need just the name; the build checks the project
     assert config.load(write(tmp_path, text.replace('"empty"\n', '"empty"\nname = "x"\n'))).app.name == "x"
