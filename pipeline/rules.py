@@ -315,8 +315,11 @@ def check_combinations(s: Settings) -> None:
     # user guide, "Connection idle timeout": configure the target's timeout larger than the balancer's).
     balancer_ms = s.deploy.idle_timeout_seconds * 1000
     if s.app.idle_timeout_ms <= balancer_ms:
+        # blame the value given for this run (--set, a flag) when one of the two was
+        pair = ("deploy.idle_timeout_seconds", "app.idle_timeout_ms")
+        blamed = next((w(k) for k in pair if not w(k).startswith("pipeline.toml")), w("app.idle_timeout_ms"))
         raise ConfigError(
-            f"{w('app.idle_timeout_ms')}: the app's keep-alive idle timeout ({s.app.idle_timeout_ms} ms) "
+            f"{blamed}: the app's keep-alive idle timeout ({s.app.idle_timeout_ms} ms) "
             f"must be longer than the load balancer's, deploy.idle_timeout_seconds "
             f"({s.deploy.idle_timeout_seconds} s)",
             hint=f"set app.idle_timeout_ms above {balancer_ms} (e.g. {balancer_ms + 15000}) or lower "

@@ -161,7 +161,11 @@ def test_the_pipeline_names_none_of_erlang_webs_settings() -> None:
     keys = set(
         re.findall(r"^\s*[\[ ]\{(\w+),", source.split("\ndefaults() ->", 1)[1].split(".\n", 1)[0], re.M)
     )
-    pipeline_own = {"port", "scratch_dir", "storage", "build_id", "config_digest", "image_target", "env"}
+    # the pipeline's own keys, which erlang_web reads too; idle_timeout is also the load balancer's
+    # attribute (idle_timeout.timeout_seconds) that the app's contract setting app.idle_timeout_ms beats
+    pipeline_own = {
+        "port", "scratch_dir", "storage", "build_id", "config_digest", "image_target", "env", "idle_timeout"
+    }  # fmt: skip
     app_keys = keys - pipeline_own
     assert {"greeting", "acceptors", "max_body"} <= app_keys
     pattern = re.compile(r"\b(" + "|".join(sorted(app_keys)) + r")\b")

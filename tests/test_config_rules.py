@@ -92,7 +92,7 @@ def test_app_path_may_be_absolute_or_outside_but_must_be_a_project(tmp_path: Pat
     """The app may live outside the pipeline's checkout (or pipeline.toml inside the app's repo); a
     directory that is not a rebar3 project is one line naming app.path."""
     line = refused(write(tmp_path, BASE.replace('name = "web"\n', "")), f"app.path={_toml(value)}")
-    assert line.startswith("pipeline.toml: app.path: ") and "has no rebar.config" in line
+    assert line.startswith("--set app.path: ") and "has no rebar.config" in line
 
 
 # -- names ------------------------------------------------------------------------------------------------

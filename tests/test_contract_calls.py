@@ -20,7 +20,7 @@ from localaws import write_project
 from synthetic import make_build
 
 from pipeline import config
-from pipeline.aws import ami, deploy, gc, provenance
+from pipeline.aws import ami, deploy, gc, logs, preflight, provenance, rollback
 from pipeline.aws import status as stack_status
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
@@ -65,11 +65,24 @@ def calls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Call]]:
         ami.publish(settings, session_clients, one, progress=False, git=GIT, **wait)
         ami.publish(settings, session_clients, two, progress=False, git=GIT, **wait)
         deploy.deploy(settings, session_clients, rt, build_id=one.build_id)
+        logs.show(session_clients, settings, lambda _line: None, None, None, 5)
         deploy.deploy(settings, session_clients, rt, build_id=two.build_id)
         assert stack_status.status(settings, session_clients) is not None
-        deploy.rollback(settings, session_clients, rt)
+        rollback.rollback(settings, session_clients, rt)
         deploy.deploy(settings, session_clients, rt, build_id=one.build_id)  # live already: no change
         gc.plan(session_clients, settings)  # while the stack's launch templates exist
+        # the pre-flight of a configured network (the stack above made its own)
+        ec2 = session_clients.ec2()
+        vpc = ec2.create_vpc(CidrBlock="10.1.0.0/16")["Vpc"]["VpcId"]
+        subnets = [
+            ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.1.{n}.0/24", AvailabilityZone=f"us-east-1{z}")
+            for n, z in ((1, "a"), (2, "b"))
+        ]
+        ids = ",".join(f"'{s['Subnet']['SubnetId']}'" for s in subnets)
+        elsewhere = config.load(
+            root, env="dev", overrides=[*overrides, f"deploy.vpc_id={vpc}", f"deploy.subnet_ids=[{ids}]"]
+        )
+        preflight.for_deploy(elsewhere, session_clients)
         gone = stack_status.destroy(settings, session_clients, rt)
         assert gone.collectable is not None
         assert (

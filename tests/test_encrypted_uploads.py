@@ -15,11 +15,17 @@ from localaws import LocalAws, _Raw
 from synthetic import make_build
 
 from pipeline.aws import ami, provenance
-from pipeline.errors import ImageError
+from pipeline.errors import ConfigError
 
 GIT = provenance.GitState("89abcdef0123456789abcdef0123456789abcdef", "false")
-KEY_A = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-0000-4000-8000-00000000000a"
-KEY_B = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-0000-4000-8000-00000000000b"
+
+
+@pytest.fixture
+def keys(aws: LocalAws) -> tuple[str, str]:
+    """The ARNs of two symmetric keys of the local AWS's KMS (the pre-flight checks they exist)."""
+    kms = aws.clients().kms()
+    a, b = (kms.create_key(Description=f"images {n}")["KeyMetadata"]["Arn"] for n in "ab")
+    return a, b
 
 
 def publish(aws: LocalAws, build: Any, key: str, rec: Recorder, **kw: Any) -> ami.Publication:
@@ -33,47 +39,56 @@ def snapshot_of(aws: LocalAws, result: ami.Publication) -> dict[str, Any]:
     return dict(snap)
 
 
-def test_a_config_only_rebuild_uploads_a_delta_that_inherits_the_parents_key(aws: LocalAws) -> None:
+def test_a_config_only_rebuild_uploads_a_delta_that_inherits_the_parents_key(
+    aws: LocalAws, keys: tuple[str, str]
+) -> None:
+    key_a, _ = keys
     rec = Recorder()
-    first = publish(aws, make_build(aws.builds, config="greeting=one"), KEY_A, rec)
+    first = publish(aws, make_build(aws.builds, config="greeting=one"), key_a, rec)
     (start,) = rec.named("StartSnapshot")
-    assert start["Encrypted"] is True and start["KmsKeyArn"] == KEY_A and "ParentSnapshotId" not in start
-    assert snapshot_of(aws, first)["KmsKeyId"] == KEY_A
+    assert start["Encrypted"] is True and start["KmsKeyArn"] == key_a and "ParentSnapshotId" not in start
+    assert snapshot_of(aws, first)["KmsKeyId"] == key_a
 
     rec.clear()
-    second = publish(aws, make_build(aws.builds, config="greeting=two"), KEY_A, rec)
+    second = publish(aws, make_build(aws.builds, config="greeting=two"), key_a, rec)
     (start,) = rec.named("StartSnapshot")
     assert first.snapshot is not None and second.snapshot is not None
     assert start["ParentSnapshotId"] == first.snapshot.snapshot_id
     assert "Encrypted" not in start and "KmsKeyArn" not in start  # refused beside a parent
     assert second.snapshot.blocks_sent < first.snapshot.blocks_sent  # a delta
     snap = snapshot_of(aws, second)
-    assert snap["Encrypted"] is True and snap["KmsKeyId"] == KEY_A
+    assert snap["Encrypted"] is True and snap["KmsKeyId"] == key_a
 
 
-def test_a_key_change_uploads_in_full_with_the_new_key_and_says_so(aws: LocalAws) -> None:
+def test_a_key_change_uploads_in_full_with_the_new_key_and_says_so(
+    aws: LocalAws, keys: tuple[str, str]
+) -> None:
+    key_a, key_b = keys
     rec = Recorder()
-    first = publish(aws, make_build(aws.builds, config="greeting=one"), KEY_A, rec)
+    first = publish(aws, make_build(aws.builds, config="greeting=one"), key_a, rec)
     rec.clear()
-    second = publish(aws, make_build(aws.builds, config="greeting=two"), KEY_B, rec)
+    second = publish(aws, make_build(aws.builds, config="greeting=two"), key_b, rec)
     (start,) = rec.named("StartSnapshot")
-    assert "ParentSnapshotId" not in start and start["KmsKeyArn"] == KEY_B and start["Encrypted"] is True
+    assert "ParentSnapshotId" not in start and start["KmsKeyArn"] == key_b and start["Encrypted"] is True
     assert first.snapshot is not None and second.snapshot is not None
     assert second.snapshot.parent_id == "none"
     assert second.snapshot.blocks_sent == first.snapshot.blocks_sent  # every non-zero block again
-    assert snapshot_of(aws, second)["KmsKeyId"] == KEY_B
+    assert snapshot_of(aws, second)["KmsKeyId"] == key_b
     # the line of the ami task's table says why
     (line,) = [a for _, a in second.actions if a.startswith("snapshot ")]
-    assert f"is encrypted with key {KEY_A}; ami.kms_key_id is now {KEY_B}" in line and "full upload" in line
+    assert f"is encrypted with key {key_a}; ami.kms_key_id is now {key_b}" in line and "full upload" in line
 
 
-def test_a_parent_qualifies_only_with_the_encryption_the_new_snapshot_needs(aws: LocalAws) -> None:
+def test_a_parent_qualifies_only_with_the_encryption_the_new_snapshot_needs(
+    aws: LocalAws, keys: tuple[str, str]
+) -> None:
+    key_a, _ = keys
     rec = Recorder()
     first = publish(aws, make_build(aws.builds, config="greeting=one"), "", rec)
     rec.clear()
-    second = publish(aws, make_build(aws.builds, config="greeting=two"), KEY_A, rec)
+    second = publish(aws, make_build(aws.builds, config="greeting=two"), key_a, rec)
     (start,) = rec.named("StartSnapshot")
-    assert "ParentSnapshotId" not in start and start["KmsKeyArn"] == KEY_A  # not on the plain one
+    assert "ParentSnapshotId" not in start and start["KmsKeyArn"] == key_a  # not on the plain one
     assert second.upload is not None and "is not encrypted" in second.upload.note
     rec.clear()
     publish(aws, make_build(aws.builds, config="greeting=three"), "", rec)
@@ -91,16 +106,19 @@ def test_an_alias_is_resolved_to_the_key_arn_startsnapshot_takes(aws: LocalAws) 
     publish(aws, make_build(aws.builds), "alias/images", rec)
     (start,) = rec.named("StartSnapshot")
     assert start["KmsKeyArn"] == key and key.split(":")[5].startswith("key/")
-    with pytest.raises(ImageError, match=r"ami\.kms_key_id"):
+    with pytest.raises(ConfigError, match=r"ami\.kms_key_id: KMS has no key \"alias/none-such\""):
         publish(aws, make_build(aws.builds), "alias/none-such", Recorder())
 
 
-def test_the_local_aws_refuses_a_parent_with_encrypted_as_aws_does(aws: LocalAws) -> None:
+def test_the_local_aws_refuses_a_parent_with_encrypted_as_aws_does(
+    aws: LocalAws, keys: tuple[str, str]
+) -> None:
+    key_a, key_b = keys
     rec = Recorder()
-    first = publish(aws, make_build(aws.builds, config="greeting=one"), KEY_A, rec)
+    first = publish(aws, make_build(aws.builds, config="greeting=one"), key_a, rec)
     assert first.snapshot is not None
     ebs = aws.clients().ebs()
-    for extra in ({"Encrypted": True}, {"Encrypted": False}, {"KmsKeyArn": KEY_B}):
+    for extra in ({"Encrypted": True}, {"Encrypted": False}, {"KmsKeyArn": key_b}):
         with pytest.raises(ebs.exceptions.ValidationException):
             ebs.start_snapshot(VolumeSize=1, ParentSnapshotId=first.snapshot.snapshot_id, **extra)
 

@@ -214,7 +214,11 @@ def test_a_malformed_set_is_one_line(
         (["gc", "--keep", "-1"], "--keep: expected 0 or more, got -1"),
         (["gc", "--keep", "0"], "--keep (ami.keep): expected integer 1-100, got 0"),
         (["gc", "--grace-minutes", "1" + "0" * 30], "--grace-minutes: expected at most"),
-        (["rollback", "--to", "purple\x1b[0m"], '--to: expected "blue" or "green", got "purple\\u001b[0m"'),
+        (
+            ["rollback", "--to", "purple\x1b[0m"],
+            '--to: expected a build id (hex, as invoke history shows it) or "blue"/"green", '
+            'got "purple\\u001b[0m"',
+        ),
         (["deploy", "--build-id", "../../x"], '--build-id: expected a build id (hex digits), got "../../x"'),
         (["iam-policy", "--account", FULL_WIDTH], "--account: expected a 12-digit AWS account id"),
         (["xen.check", "--disk", "/nonexistent.img"], '--disk: "/nonexistent.img" is not a disk image file'),

@@ -29,7 +29,7 @@ from botocore.stub import Stubber
 from cryptography import x509
 
 from pipeline import config
-from pipeline.aws import deploy, https, iam, listeners, service_role, stack
+from pipeline.aws import deploy, https, iam, listeners, probe, service_role, stack
 from pipeline.aws.deploy import Runtime
 from pipeline.aws.session import Clients
 from pipeline.errors import ConfigError
@@ -115,9 +115,13 @@ def test_the_load_balancer_drops_invalid_header_fields_and_logs_to_the_bucket_wh
         (lb_props,) = of_type(rendered(p), "AWS::ElasticLoadBalancingV2::LoadBalancer").values()
         return {a["Key"]: a["Value"] for a in lb_props["LoadBalancerAttributes"]}
 
-    assert attributes(PLAIN) == {"routing.http.drop_invalid_header_fields.enabled": "true"}
+    assert attributes(PLAIN) == {
+        "routing.http.drop_invalid_header_fields.enabled": "true",
+        "idle_timeout.timeout_seconds": "60",
+    }
     assert attributes(SECURE) == {
         "routing.http.drop_invalid_header_fields.enabled": "true",
+        "idle_timeout.timeout_seconds": "60",
         "access_logs.s3.enabled": "true",
         "access_logs.s3.bucket": "my-alb-logs",
         "access_logs.s3.prefix": "erlang-web-dev",
@@ -436,8 +440,8 @@ def test_a_redirect_keeps_what_it_does_not_name_and_fills_the_keywords() -> None
 def test_the_local_aws_serves_the_stacks_https_listener_with_the_imported_certificate(aws: Any) -> None:
     """``invoke local.certificate``, then a stack with that certificate in the local AWS: its HTTPS
     listener answers on 127.0.0.1 with a certificate a client verifies against the checkout's CA, and
-    its HTTP listener redirects there. (The stand-in image runs no VM: the answer over TLS is the
-    load balancer's own 503.)"""
+    its HTTP listener redirects there. (The stand-in image runs no VM: its target is unhealthy, the
+    group fails open as an ALB's does, and the answer over TLS is the load balancer's own 502.)"""
     from pipeline.aws import cfn, rollout
     from pipeline.aws.params import Release
     from pipeline.local import control
@@ -458,7 +462,8 @@ def test_the_local_aws_serves_the_stacks_https_listener_with_the_imported_certif
     image = register_ami(clients, s, "1111111111aa")
     state = rollout.first_state(Release(image, "1111111111aa", "t3.micro", "hvm"), 1)
     cf = clients.cloudformation()
-    stack_id = cfn.create(cf, "erlang-web-dev", stack.render(stack.params_for(s)), state.parameters(), [])
+    parameters = probe.with_token(state.parameters(), None)
+    stack_id = cfn.create(cf, "erlang-web-dev", stack.render(stack.params_for(s)), parameters, [])
     assert cfn.describe(cf, stack_id).status == "CREATE_COMPLETE"  # type: ignore[union-attr]
     served = until(
         "the HTTPS listener is served",
@@ -467,7 +472,7 @@ def test_the_local_aws_serves_the_stacks_https_listener_with_the_imported_certif
     )
     assert served[0]["protocol"] == "HTTPS" and not served[0]["error"]
     status, body, version, _ = fetch_https(https_port, cafile)
-    assert (status, body, version) == (503, "no healthy target", "TLSv1.3")
+    assert (status, body, version) == (502, "bad gateway", "TLSv1.3")
     conn = http.client.HTTPConnection("127.0.0.1", s.deploy.listener_port, timeout=10)
     conn.request("GET", "/version", headers={"Host": f"127.0.0.1:{s.deploy.listener_port}"})
     resp = conn.getresponse()

@@ -134,14 +134,14 @@ def test_a_kms_key_is_named_by_its_arn_and_used_only_through_ec2_and_ebs() -> No
 
 def test_kms_aliases_are_resolved_through_kms(aws_in_process: None) -> None:
     from pipeline.aws import bootstrap
-    from pipeline.errors import DeployError
+    from pipeline.errors import ConfigError
 
     kms = make_clients().client("kms")
     key = kms.create_key(Description="images")["KeyMetadata"]
     kms.create_alias(AliasName="alias/images", TargetKeyId=key["KeyId"])
     assert bootstrap.resolve_key(settings('ami.kms_key_id="alias/images"'), make_clients()) == key["Arn"]
     assert bootstrap.resolve_key(settings(f'ami.kms_key_id="{key["Arn"]}"'), make_clients()) is None
-    with pytest.raises(DeployError, match='no KMS key has the alias "alias/other"'):
+    with pytest.raises(ConfigError, match=r'ami\.kms_key_id: KMS has no key "alias/other" in us-east-1'):
         bootstrap.resolve_key(settings('ami.kms_key_id="alias/other"'), make_clients())
 
 

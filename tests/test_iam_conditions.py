@@ -116,6 +116,16 @@ PIPELINE_CALLS: list[tuple[str, Request]] = [
     ("target health", req("elasticloadbalancing:DescribeTargetHealth", "*")),
     ("groups", req("autoscaling:DescribeAutoScalingGroups", "*")),
     ("5xx", req("cloudwatch:GetMetricStatistics", "*")),
+    # the pre-flight checks before any change (network, instance type)
+    ("the VPC", req("ec2:DescribeVpcs", "*")),
+    ("its subnets", req("ec2:DescribeSubnets", "*")),
+    ("the instance type", req("ec2:DescribeInstanceTypes", "*")),
+    ("where it is offered", req("ec2:DescribeInstanceTypeOfferings", "*")),
+    # invoke logs, and the console a failed deploy prints
+    (
+        "an own instance's console",
+        req("ec2:GetConsoleOutput", ec2("instance"), own={**OWN, "App": "erlang_web", "Env": "dev"}),
+    ),
 ]
 # With ami.share_with, ami.regions and ami.kms_key_id.
 SHARING_CALLS: list[tuple[str, Request]] = [
@@ -226,6 +236,11 @@ ABUSES: list[tuple[str, Request]] = [
     ),
     ("scale a group", req("autoscaling:UpdateAutoScalingGroup", "*", own=OWN)),
     ("launch an instance", req("ec2:RunInstances", ec2("instance"))),
+    ("read a foreign instance's console", req("ec2:GetConsoleOutput", ec2("instance"), own=FOREIGN)),
+    (
+        "read the console of another environment's instance",
+        req("ec2:GetConsoleOutput", ec2("instance"), own={**OWN, "App": "erlang_web", "Env": "prod"}),
+    ),
 ]
 KEY_ABUSES: list[tuple[str, Request]] = [
     ("decrypt directly", req("kms:Decrypt", KEY)),

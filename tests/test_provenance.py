@@ -37,17 +37,19 @@ def test_an_image_built_from_pipeline_toml_says_so() -> None:
 
 def test_an_image_built_with_overrides_names_their_keys_not_their_values() -> None:
     tags = provenance.image_tags(
-        manifest(['app.greeting="secret hello"', "image.memory_mb=512", "app.greeting=again"]), DISK, GIT
+        manifest(['app.config.greeting="secret hello"', "image.memory_mb=512", "app.config.greeting=again"]),
+        DISK,
+        GIT,
     )
     assert tags[T.CONFIG_SOURCE] == "overrides"
-    assert tags[T.CONFIG_OVERRIDES] == "app.greeting image.memory_mb"
+    assert tags[T.CONFIG_OVERRIDES] == "app.config.greeting image.memory_mb"
     assert tags[T.GIT_DIRTY] == "false"  # a clean commit, and still not what its pipeline.toml gives
 
 
 def test_settings_keep_the_overrides_as_given(tmp_path: Path) -> None:
-    (tmp_path / "pipeline.toml").write_text('default_env = "dev"\n[env.dev]\n')
-    s = config.load(tmp_path, overrides=[" app.greeting=Hi ", "deploy.capacity=2"])
-    assert s.overrides == ("app.greeting=Hi", "deploy.capacity=2")
+    (tmp_path / "pipeline.toml").write_text('default_env = "dev"\n[app]\nname = "web"\n[env.dev]\n')
+    s = config.load(tmp_path, overrides=[" app.config.greeting=Hi ", "deploy.capacity=2"])
+    assert s.overrides == ("app.config.greeting=Hi", "deploy.capacity=2")
     assert config.load(tmp_path).overrides == ()
 
 

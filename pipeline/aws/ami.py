@@ -177,7 +177,7 @@ def publish(
         kernel_id = pv.require_aki(ec2, home)
     copy_regions = _copy_regions(clients, settings, virtualization, result)
 
-    kms_key_arn = delta.key_arn(clients.kms(home), settings.ami.kms_key_id)
+    kms_key_arn = settings.ami.kms_key_id  # the key's ARN: the pre-flight resolved ids and aliases
     git = git or provenance.git_state(settings.root)
     image_tags = provenance.image_tags(manifest, disk, git)
     identity = provenance.identity(settings.app.name, settings.env, str(manifest["target"]), virtualization)

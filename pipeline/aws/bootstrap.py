@@ -52,6 +52,7 @@ def ensure_role(settings: Settings, clients: Clients, waiter: cfn.Waiter, create
         Capabilities=["CAPABILITY_NAMED_IAM"],
         Tags=tags.to_aws(tags.scope(settings.app.name, settings.env)),  # type: ignore[arg-type]
         OnFailure="DELETE",
+        ClientRequestToken=cfn.request_token("create-role"),
     )
     events = cfn.EventStream(cf, resp["StackId"], lambda line: log.info("%s", line))
     cfn.wait(cf, resp["StackId"], events, waiter, "create of the service role")
@@ -64,13 +65,6 @@ def resolve_key(settings: Settings, clients: Clients) -> str | None:
     key = settings.ami.kms_key_id
     if not key or not (key.startswith("alias/") or ":alias/" in key):
         return None
-    try:
-        meta = clients.client("kms").describe_key(KeyId=key)["KeyMetadata"]
-    except ClientError as err:
-        if error_code(err) == "NotFoundException":
-            raise DeployError(
-                f'ami.kms_key_id: no KMS key has the alias "{key}" in {settings.aws.region}',
-                hint="aws kms list-aliases shows the aliases; or give the key's ARN",
-            ) from err
-        raise
-    return str(meta["Arn"])
+    from pipeline.aws import preflight
+
+    return preflight.check_kms_key(settings, clients)

@@ -27,17 +27,13 @@ import base64
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
-
 from pipeline.aws import tags as T
-from pipeline.aws.calls import error_text
 from pipeline.blocks import BLOCK_SIZE, GIB, BlockMap
 from pipeline.errors import ImageError
 from pipeline.manifest import MANIFEST, read_manifest
@@ -45,13 +41,11 @@ from pipeline.manifest import MANIFEST, read_manifest
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_ec2.type_defs import SnapshotTypeDef
-    from mypy_boto3_kms import KMSClient
 
 log = logging.getLogger(__name__)
 
 ZERO_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
 # StartSnapshot's KmsKeyArn (the pattern of the EBS service model): the ARN of a key, not of an alias.
-KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[^:]*:[0-9]{12}:key/.+")
 
 
 def block_checksum(data: bytes) -> str:
@@ -241,26 +235,6 @@ def same_encryption(snapshot: SnapshotTypeDef, kms_key_arn: str) -> bool:
     if not kms_key_arn:
         return True
     return bool(snapshot.get("Encrypted")) and snapshot.get("KmsKeyId", "") == kms_key_arn
-
-
-def key_arn(kms: KMSClient, key: str) -> str:
-    """The ARN of the KMS key ``key`` names (a key ARN as given; a key id, alias or alias ARN resolved
-    with DescribeKey): StartSnapshot's KmsKeyArn takes nothing else."""
-    if not key or KEY_ARN.fullmatch(key):
-        return key
-    try:
-        arn = kms.describe_key(KeyId=key)["KeyMetadata"].get("Arn", "")
-    except ClientError as err:
-        raise ImageError(
-            f"pipeline.toml: ami.kms_key_id: KMS key {key} cannot be used ({error_text(err)})",
-            hint="name a key of this account and region (key ARN, key id or alias/NAME)",
-        ) from err
-    if not KEY_ARN.fullmatch(arn):
-        raise ImageError(
-            f"pipeline.toml: ami.kms_key_id: KMS key {key} has no key ARN ({arn or 'none'})",
-            hint="use the key's ARN, key id or an alias of it",
-        )
-    return arn
 
 
 def _local_block_map(builds_dir: Path, build_id: str, disk_name: str, sha256: str) -> BlockMap | None:
