@@ -34,14 +34,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pipeline.rules import ATOM_MAX, ERLANG_RESERVED
+
 FORMS = ("atom", "charlist", "tuple", "map")
-MAX_ATOM = 255  # characters: the VM's atom length limit
+MAX_ATOM = ATOM_MAX  # characters: the VM's atom length limit
 # Reserved words: as bare atoms they would not parse, so they are always quoted.
-RESERVED = frozenset(
-    {"after", "and", "andalso", "band", "begin", "bnot", "bor", "bsl", "bsr", "bxor", "case", "catch",
-     "cond", "div", "else", "end", "fun", "if", "let", "maybe", "not", "of", "or", "orelse", "receive",
-     "rem", "try", "when", "xor"}
-)  # fmt: skip
+RESERVED = ERLANG_RESERVED
 
 
 class TermError(ValueError):

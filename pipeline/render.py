@@ -25,7 +25,6 @@ import jinja2
 
 from pipeline import erlterm
 from pipeline.errors import TemplateError
-from pipeline.rules import ERLANG_RESERVED
 
 
 def environment(template_dir: Path) -> jinja2.Environment:
@@ -125,33 +124,17 @@ def one_line(value: object) -> str:
 
 def erl_string(value: str) -> str:
     """A Python str as an Erlang string literal (a list of code points): ``"..."``."""
-    return '"' + "".join(_erl_char(c) for c in value) + '"'
+    return erlterm.charlist(value)
 
 
 def erl_binary(value: str) -> str:
     """A Python str as an Erlang UTF-8 binary literal: ``<<"..."/utf8>>``."""
-    return "<<" + erl_string(value) + "/utf8>>"
+    return erlterm.binary(value)
 
 
 def erl_atom(value: str) -> str:
     """A Python str as an Erlang atom, quoted when it has to be."""
-    simple = (
-        value
-        and value[0].islower()
-        and all(c.isalnum() or c in "_@" for c in value)
-        and value.isascii()
-        and value not in ERLANG_RESERVED
-    )
-    return value if simple else "'" + "".join(_erl_char(c, quote="'") for c in value) + "'"
-
-
-def _erl_char(c: str, quote: str = '"') -> str:
-    if c in (quote, "\\"):
-        return "\\" + c
-    if c == "\n":
-        return "\\n"
-    if c == "\t":
-        return "\\t"
-    if ord(c) < 0x20 or ord(c) == 0x7F:
-        return f"\\x{{{ord(c):X}}}"
-    return c
+    try:
+        return erlterm.atom(value)
+    except erlterm.TermError as err:
+        raise TemplateError(f"a value for an Erlang atom: {err.message}") from err
