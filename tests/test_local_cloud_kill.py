@@ -124,7 +124,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     os.environ["COLUMNS"] = "200"  # rich wraps what the tasks print at the terminal's width
     try:
         for greeting, extra in ((V1, []), (V2, []), (V3, []), (V4, BROKEN)):
-            sets = [f'app.greeting="{greeting}"', *extra]
+            sets = [f'app.config.greeting="{greeting}"', *extra]
             out = c.run("build", *c.args(*sets), "ami", *c.args(*sets))
             assert out.returncode == 0, out.stderr[-3000:]
             s = config.load(root, env="dev", overrides=[*c.sets, *TIMING, *sets])
