@@ -108,6 +108,21 @@ def test_a_minimum_above_the_maximum_is_refused_in_one_line(tmp_path: Path) -> N
         config.load(tmp_path, env="dev")
 
 
+@pytest.mark.parametrize("task", ["deploy", "plan", "rollback"])
+def test_deploy_plan_and_rollback_refuse_it_before_anything_starts(
+    task: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.project import copy_project
+    from tests.test_hostile_tasks import assert_one_line, run
+
+    root = copy_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    argv = [task, "--set", "deploy.min_capacity=5", "--set", "deploy.max_capacity=3"]
+    code, err = run(capsys, *([*argv, "--yes"] if task != "plan" else argv))
+    assert_one_line(code, err, "deploy.min_capacity: 5 is more than deploy.max_capacity, 3")
+    assert not (root / ".pipeline").exists()  # no local AWS started, nothing built, nothing sent
+
+
 def test_scaling_needs_room_and_a_first_size_within_it_and_a_cpu_percentage() -> None:
     assert "needs deploy.max_capacity above deploy.min_capacity, both are 2" in refused(
         'deploy.scale_on="cpu"', "deploy.min_capacity=2", "deploy.max_capacity=2", "deploy.capacity=2"
