@@ -18,11 +18,12 @@ A rollout moves one colour (the *target*) to a release while the other colour ke
    image, so ``invoke rollback`` can bring it back.
 
 Any failure before step 5 returns to :func:`restore_states`: first the other colour takes all the
-traffic again at its original capacity, with the scaling policy, then, once the target's connections
-have drained (the target groups' deregistration delay), the target goes back to its previous release
-with no instances. Two
-updates, because within one update CloudFormation orders the listener rule and the group as it likes:
-the instances could leave while the rule still sends them requests.
+traffic again with its release and the scaling policy, at the size its group has (what
+:meth:`pipeline.aws.deployment.Deployment.apply` sends for a colour that keeps running), then, once
+the target's connections have drained (the target groups' deregistration delay), the target goes
+back to its previous release with no instances. Two updates, because within one update
+CloudFormation orders the listener rule and the group as it likes: the instances could leave while
+the rule still sends them requests.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def scale_down_steps(state: StackState, color: Color, seconds: float) -> list[St
 
 def restore_states(original: StackState, target: Color, now: StackState) -> tuple[StackState, StackState]:
     """Where a failed rollout returns to, in two updates: (1) the other colour takes all the traffic
-    at its original capacity and release, with the scaling policy, the target none (its instances
+    with its release and the scaling policy (its size: what its group has), the target none (its instances
     still run while they drain); (2) the target back on its previous release with no instances."""
     other = opposite(target)
     weights = original.with_side(other, replace(original.side(other), weight=100)).with_side(

@@ -6,10 +6,11 @@ running, the "record" step as live (baked), and a rollback as rolled back (and w
 
 A rollback restores the stack as it was before this run: its template and every parameter (the
 network as well as the colours), not what the settings say now, so a bad setting that made the
-update fail is not sent again. The other colour gets all the traffic at its original capacity
-first; the target is scaled to 0 only after its connections drained. This holds even when the
-failed update stopped half-way: the restore is sent whenever the stack differs from what it was, and
-afterwards the live colour's group is checked to want its instances again.
+update fail is not sent again. The other colour gets all the traffic first, at the size its group
+has (never less: it kept its instances) and with the scaling policy; the target is scaled to 0 only
+after its connections drained. This holds even when the failed update stopped half-way: the restore
+is sent whenever the stack differs from what it was, and afterwards the live colour's group is
+checked to want its instances again.
 """
 
 from __future__ import annotations
