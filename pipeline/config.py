@@ -151,7 +151,16 @@ class DeploySettings:
 
     instance_type: str = rule(rules.INSTANCE_TYPE, "t3.micro")
     virtualization: Literal["auto", "hvm", "pv"] = "auto"  # auto: pv for ling, hvm for beam
-    capacity: int = check("integer 1-100", _between(1, 100), 1)
+    capacity: int = check("integer 1-100", _between(1, 100), 1)  # the first release's instances
+    # Auto scaling of the live colour (pipeline.aws.scaling): its group's bounds and target tracking.
+    min_capacity: int = check("integer 1-100", _between(1, 100), 1)
+    max_capacity: int = check("integer 1-100", _between(1, 100), 4)
+    scale_on: Literal["none", "requests", "cpu"] = "none"  # none: capacity stays deploy.capacity
+    scale_target: int = check(
+        "integer 0-1000000 (0 = 1000 requests per instance per minute, or 50% CPU)",
+        _between(0, 1_000_000),
+        0,
+    )
     weight_steps: tuple[int, ...] = check(
         "increasing percentages 1-100 ending at 100, like [10, 50, 100]", _weight_steps, (10, 50, 100)
     )

@@ -325,6 +325,7 @@ def check_combinations(s: Settings) -> None:
             hint=f"set app.idle_timeout_ms above {balancer_ms} (e.g. {balancer_ms + 15000}) or lower "
             "deploy.idle_timeout_seconds",
         )
+    _check_scaling(s)
     if bool(s.deploy.vpc_id) != bool(s.deploy.subnet_ids):
         given = "deploy.vpc_id" if s.deploy.vpc_id else "deploy.subnet_ids"
         raise ConfigError(
@@ -357,4 +358,41 @@ def check_combinations(s: Settings) -> None:
             f"{w('app.name')} and the environment name {show(s.env)}: the AMI names would be "
             f"{len(longest)} characters, over EC2's limit of {AMI_NAME_MAX}",
             hint="use a shorter app or environment name",
+        )
+
+
+def _check_scaling(s: Settings) -> None:
+    """The live colour's group scales between deploy.min_capacity and deploy.max_capacity (Auto
+    Scaling refuses a group whose minimum is above its maximum, and a desired capacity outside them:
+    UpdateAutoScalingGroup, CreateAutoScalingGroup in the Auto Scaling API reference)."""
+    d, w = s.deploy, s.where
+    if d.min_capacity > d.max_capacity:
+        raise ConfigError(
+            f"{w('deploy.min_capacity')}: {d.min_capacity} is more than deploy.max_capacity, "
+            f"{d.max_capacity} ({w('deploy.max_capacity')})",
+            hint="the live colour scales between the two: lower deploy.min_capacity or raise "
+            "deploy.max_capacity",
+        )
+    if d.scale_on == "none":
+        return
+    if d.min_capacity == d.max_capacity:
+        # A target tracking policy needs room to act (cfn-lint E3712, after the Auto Scaling user
+        # guide's "Target tracking scaling policies").
+        raise ConfigError(
+            f"{w('deploy.max_capacity')}: deploy.scale_on = {show(d.scale_on)} needs "
+            f"deploy.max_capacity above deploy.min_capacity, both are {d.min_capacity}",
+            hint='raise deploy.max_capacity, or set deploy.scale_on = "none" for a fixed size',
+        )
+    if not d.min_capacity <= d.capacity <= d.max_capacity:
+        raise ConfigError(
+            f"{w('deploy.capacity')}: the first release's {d.capacity} instance(s) must be within "
+            f"deploy.min_capacity and deploy.max_capacity ({d.min_capacity}-{d.max_capacity}) when "
+            f"deploy.scale_on is {show(d.scale_on)}",
+            hint="set deploy.capacity within the two, or change them",
+        )
+    if d.scale_on == "cpu" and d.scale_target > 100:
+        raise ConfigError(
+            f"{w('deploy.scale_target')}: {d.scale_target} is not a CPU utilization; with "
+            'deploy.scale_on = "cpu" the target is a percentage 1-100',
+            hint="e.g. 50 (0 = 50%)",
         )

@@ -212,7 +212,7 @@ def test_full_cycle_build_ami_deploy_v1_deploy_v2_status_rollback_destroy_gc(
         {"blue": (ami1, "1", "0"), "green": (ami2, "1", "100")},  # the history records v2 live
         {"blue": (ami1, "0", "0"), "green": (ami2, "1", "100")},  # blue keeps v1 for rollback
     ]
-    assert all(len(p) == 14 for p in sent)  # every parameter (history, probe token), every time
+    assert all(len(p) == 16 for p in sent)  # every parameter (history, probe token, bounds), every time
     assert {p["GreenBuildId"] for p in sent} == {b2.build_id}
     # green's new release got a new probe token, kept while only weights and capacity moved
     created = rec.stack_parameter_sets()[0]["ProbeToken"]

@@ -168,7 +168,9 @@ NOT_USED = {
     "elasticloadbalancing:DescribeCapacityReservation": "no capacity reservation",
     "elasticloadbalancing:SetRulePriorities": "rule priorities are fixed in the template (a template that "
     "reorders rules fails, and rolls back)",
-    "cloudwatch:PutMetricAlarm": "no scaling policies",
+    "cloudwatch:PutMetricAlarm": "the groups' provider lists it for alarms of step and simple policies; the "
+    "stack's target tracking policies get theirs from Auto Scaling, made with its own service-linked role "
+    "(AutoScalingServiceRolePolicy)",
     "ec2:AttachVpnGateway": "the VPC attaches an internet gateway, not a VPN gateway",
     "ec2:DetachVpnGateway": "the VPC attaches an internet gateway, not a VPN gateway",
     "ec2:CreateVpcEncryptionControl": "no VPC encryption control",
@@ -221,6 +223,7 @@ def test_the_service_role_covers_what_cloudformation_needs_for_every_variant_of_
         [],
         ["deploy.vpc_id=vpc-11111111", "deploy.subnet_ids=['subnet-11111111','subnet-22222222']"],
         ['image.target="ling"'],
+        ['deploy.scale_on="requests"'],
     ):
         s = settings(*extra)
         granted |= {a.lower() for a in iam.actions(service_role.policy(s))}

@@ -317,6 +317,8 @@ ROLE_CALLS: list[tuple[str, Request]] = [
         "retag a group",
         req("autoscaling:CreateOrUpdateTags", GROUP, own=SCOPE, sets={"BuildId": "2222222222bb"}),
     ),
+    ("give the live colour its scaling policy", req("autoscaling:PutScalingPolicy", GROUP, own=SCOPE)),
+    ("take it from the old colour", req("autoscaling:DeletePolicy", GROUP, own=SCOPE)),
 ]
 ROLE_ABUSES: list[tuple[str, Request]] = [
     (
@@ -336,6 +338,9 @@ ROLE_ABUSES: list[tuple[str, Request]] = [
     ("change a foreign rule", req("elasticloadbalancing:ModifyRule", RULE)),
     ("reorder rules", req("elasticloadbalancing:SetRulePriorities", RULE, own=SCOPE)),
     ("resize a foreign group", req("autoscaling:UpdateAutoScalingGroup", GROUP, own=FOREIGN)),
+    ("scale a foreign group", req("autoscaling:PutScalingPolicy", GROUP, own=FOREIGN)),
+    ("scale another environment's", req("autoscaling:PutScalingPolicy", GROUP, own=PROD)),
+    ("drop a foreign group's policy", req("autoscaling:DeletePolicy", GROUP, own=FOREIGN)),
     ("launch a foreign AMI", req("ec2:RunInstances", image(), own=FOREIGN)),
     ("launch into a foreign subnet", req("ec2:RunInstances", ec2("subnet"), own=FOREIGN)),
     ("delete a foreign VPC", req("ec2:DeleteVpc", ec2("vpc"), own=FOREIGN)),

@@ -177,8 +177,11 @@ def test_groups_use_elb_health_checks_capacity_parameters_and_colour_tags() -> N
         group = t["Resources"][f"{color}ServerGroup"]["Properties"]
         assert group["HealthCheckType"] == "ELB"
         assert group["HealthCheckGracePeriod"] == stack.GRACE_PERIOD
-        for key in ("MinSize", "MaxSize", "DesiredCapacity"):
-            assert group[key] == {"Ref": f"{color}Capacity"}
+        # a colour with instances runs between the stack's bounds, a colour with none at 0/0
+        assert group["DesiredCapacity"] == {"Ref": f"{color}Capacity"}
+        assert group["MinSize"] == {"Fn::If": [f"{color}Stopped", 0, {"Ref": "MinCapacity"}]}
+        assert group["MaxSize"] == {"Fn::If": [f"{color}Stopped", 0, {"Ref": "MaxCapacity"}]}
+        assert t["Conditions"][f"{color}Stopped"] == {"Fn::Equals": [{"Ref": f"{color}Capacity"}, "0"]}
         assert group["TargetGroupARNs"] == [{"Ref": f"{color}TargetGroup"}]
         assert group["LaunchTemplate"]["Version"] == {
             "Fn::GetAtt": [f"{color}LaunchTemplate", "LatestVersionNumber"]
@@ -203,7 +206,12 @@ def test_launch_templates_sort_before_their_groups() -> None:
 
 def test_parameters_and_outputs() -> None:
     t = template()
-    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()} | {"History", "ProbeToken"}
+    colour_params = {f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()} | {
+        "History",
+        "ProbeToken",
+        "MinCapacity",
+        "MaxCapacity",
+    }
     assert set(t["Parameters"]) == colour_params
     assert t["Parameters"]["BlueImageId"]["Type"] == "AWS::EC2::Image::Id"
     assert t["Parameters"]["BlueWeight"]["MaxValue"] == 100
@@ -297,7 +305,8 @@ def test_state_passes_every_parameter_explicitly_and_reads_back() -> None:
     s = StackState(blue, green)
     params = s.parameters()
     assert [p["ParameterKey"] for p in params] == sorted(
-        f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()
+        [f"{c}{f}" for c in ("Blue", "Green") for f in stack_fields()]
+        + ["MinCapacity", "MaxCapacity", "ScalingColor"]
     )
     assert all(set(p) == {"ParameterKey", "ParameterValue"} for p in params)  # never UsePreviousValue
     assert StackState.from_parameters({p["ParameterKey"]: p["ParameterValue"] for p in params}) == s

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pipeline.aws import rollout
 from pipeline.aws.params import Release, Side, StackState
 
@@ -14,10 +16,15 @@ def weights(s: StackState) -> tuple[int, int]:
     return s.blue.weight, s.green.weight
 
 
+def live(blue: Side, green: Side, scales: str | None) -> StackState:
+    """A state of ``blue`` and ``green`` in which ``scales`` has the scaling policy."""
+    return StackState(blue, green, scaling="blue" if scales == "blue" else "green" if scales else None)
+
+
 def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_old_colour_scales_down() -> (
     None
 ):
-    current = rollout.first_state(V1, 2)
+    current = live(Side(V1, 2, 100), Side(V1, 0, 0), "blue")
     steps = rollout.rollout_steps(current, "green", V2, 2, (10, 50, 100), 60, 300)
     assert [(s.kind, s.label) for s in steps] == [
         ("update", "start 2 instance(s) of build 2222222222bb as green"),
@@ -33,9 +40,11 @@ def test_release_goes_to_the_idle_colour_then_traffic_shifts_in_steps_then_the_o
         ("update", "scale blue to 0 (its launch template and image stay for rollback)"),
     ]
     states = [s.state for s in steps if s.state is not None]
-    assert states[0] == StackState(Side(V1, 2, 100), Side(V2, 2, 0))
-    assert [weights(s) for s in states] == [(100, 0), (90, 10), (50, 50), (0, 100), (0, 100)]
-    assert states[-1] == StackState(Side(V1, 0, 0), Side(V2, 2, 100))  # blue keeps V1 for rollback
+    assert states[0] == live(Side(V1, 2, 100), Side(V2, 2, 0), "blue")  # blue still scales
+    assert [weights(s) for s in states] == [(100, 0), (90, 10), (50, 50), (0, 100), (0, 100), (0, 100)]
+    # no colour scales while the traffic moves; green does once it is recorded live, and keeps it
+    assert [s.scaling for s in states] == ["blue", None, None, None, "green", "green"]
+    assert states[-1] == live(Side(V1, 0, 0), Side(V2, 2, 100), "green")  # blue keeps V1 for rollback
     assert [s.seconds for s in steps if s.kind == "bake"] == [60, 60, 60]
     assert [s.full for s in steps if s.kind == "bake"] == [False, False, True]
 
@@ -56,7 +65,8 @@ def test_capacity_follows_the_setting_and_identical_updates_are_dropped() -> Non
     updates = [s.state for s in steps if s.state is not None]
     assert updates == [
         StackState(Side(V1, 1, 0), Side(V2, 3, 100)),
-        StackState(Side(V1, 0, 0), Side(V2, 3, 100)),
+        live(Side(V1, 1, 0), Side(V2, 3, 100), "green"),  # recorded live: green scales
+        live(Side(V1, 0, 0), Side(V2, 3, 100), "green"),
     ]
 
 
@@ -79,28 +89,29 @@ def test_a_rollout_resumed_at_100_percent_bakes_records_and_scales_the_old_colou
         ("retain", False),
         ("update", False),
     ]
-    assert steps[-1].state == StackState(Side(V1, 0, 0), Side(V2, 1, 100))
+    assert steps[-1].state == live(Side(V1, 0, 0), Side(V2, 1, 100), "green")
 
 
 def test_a_failure_moves_the_traffic_back_first_and_scales_the_target_down_second() -> None:
     original = StackState(Side(V1, 2, 100), Side(V0, 0, 0))
     shifting = StackState(Side(V1, 2, 50), Side(V2, 2, 50))
     weights_back, final = rollout.restore_states(original, "green", shifting)
-    assert weights_back == StackState(Side(V1, 2, 100), Side(V2, 2, 0))  # green's instances still run
-    assert final == StackState(Side(V1, 2, 100), Side(V0, 0, 0))  # then they go; green's old release
+    # blue takes the traffic back with its scaling policy; green's instances still run, then they go
+    assert weights_back == live(Side(V1, 2, 100), Side(V2, 2, 0), "blue")
+    assert final == live(Side(V1, 2, 100), Side(V0, 0, 0), "blue")  # green's old release, no instances
     kept_warm = StackState(Side(V1, 2, 100), Side(V0, 2, 0))
-    assert rollout.restore_states(kept_warm, "green", kept_warm)[1] == StackState(
-        Side(V1, 2, 100), Side(V0, 0, 0)
+    assert rollout.restore_states(kept_warm, "green", kept_warm)[1] == live(
+        Side(V1, 2, 100), Side(V0, 0, 0), "blue"
     )
     split = StackState(Side(V1, 1, 50), Side(V2, 1, 50))
     assert rollout.restore_states(split, "blue", split) == (
-        StackState(Side(V1, 1, 0), Side(V2, 1, 100)),
-        StackState(Side(V1, 0, 0), Side(V2, 1, 100)),
+        live(Side(V1, 1, 0), Side(V2, 1, 100), "green"),
+        live(Side(V1, 0, 0), Side(V2, 1, 100), "green"),
     )
 
 
 def test_parameter_diff_names_each_changed_parameter() -> None:
-    before = rollout.first_state(V1, 1)
+    before = replace(rollout.first_state(V1, 1), scaling="blue")
     after = before.with_side("green", Side(V2, 1, 0))
     assert rollout.parameter_diff(before, after) == [
         ("GreenBuildId", V1.build_id, V2.build_id),

@@ -16,11 +16,11 @@ Nothing here prompts: the caller passes ``confirm`` (tasks.py asks the user, or 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, history, https, preflight, pv, rollout, runner, stack
+from pipeline.aws import ami, cfn, history, https, preflight, pv, rollout, runner, scaling, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.history import Entry, History
@@ -163,14 +163,15 @@ def deploy(
     if info is None or info.status == "REVIEW_IN_PROGRESS":
         return _create(d, info, release, dry_run)
 
-    current = d.state(info)
+    current = d.observed(d.state(info))  # each running colour at the size its group has now
     past = d.history
     choice = decide(current, past, release, d.name)
     target = choice.target
     url = d.url(info)
     s = settings.deploy
+    start = scaling.start_capacity(capacity(settings), current)
     if choice.kind == "nothing":
-        if not d.live_template_differs():
+        if not d.live_template_differs() and not d.bounds_differ(info, current):
             ui.done(f"build {bid} ({release.image_id}) is already live on {target}: nothing to do")
             return Outcome("unchanged", d.name, target, bid, release.image_id, url)
         return _update_template(d, current, target, release, dry_run)
@@ -179,7 +180,7 @@ def deploy(
         question = f"finish the interrupted deploy of build {bid}: scale {opposite(target)} down?"
     else:
         steps = rollout.rollout_steps(
-            current, target, release, capacity(settings), s.weight_steps, s.bake_seconds, s.retention_seconds
+            current, target, release, start, s.weight_steps, s.bake_seconds, s.retention_seconds
         )
         question = f"roll build {bid} out to {target} on stack {d.name}?"
         if choice.resumed is not None:
@@ -187,7 +188,7 @@ def deploy(
     show_plan(d, current, steps, f"plan-{bid}")
     if dry_run:
         return Outcome("planned", d.name, current.live, bid, release.image_id, url)
-    d.preflight(capacity(settings) if choice.kind == "rollout" else 0)
+    d.preflight(start if choice.kind == "rollout" else 0)
     if not runtime.confirm(question):
         raise DeployError("deploy not confirmed: nothing was changed", hint="pass --yes to skip the question")
     if choice.kind == "finish":
@@ -221,7 +222,7 @@ def _begin(
 
 def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run: bool) -> Outcome:
     s = d.settings
-    state = rollout.first_state(release, capacity(s), s.deploy.vpc_id, s.deploy.subnet_ids)
+    state = rollout.first_state(release, capacity(s), s.deploy.vpc_id, s.deploy.subnet_ids, scaling.bounds(s))
     summary = stack.template_summary(d.template)
     ui.table(
         f"plan: create stack {d.name} with build {release.build_id} live on blue",
@@ -241,7 +242,7 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
     steps = [
         Step("wait_healthy", "wait until blue is healthy"),
         Step("bake", "bake blue at 100%", seconds=s.deploy.bake_seconds, full=True),
-        Step("record", f"record build {release.build_id} as live"),
+        Step("record", f"record build {release.build_id} as live", replace(state, scaling="blue")),
     ]
     try:
         runner.run(d, state, "blue", steps, entry)
@@ -258,7 +259,8 @@ def _create(d: Deployment, info: cfn.StackInfo | None, release: Release, dry_run
 def _update_template(
     d: Deployment, current: StackState, live: Color, release: Release, dry_run: bool
 ) -> Outcome:
-    """The release is live but the stack's shape changed (settings such as the allowed networks)."""
+    """The release is live but the stack's shape changed (settings such as the allowed networks, or
+    the bounds of the groups)."""
     _show_changes(d, current, f"plan-{release.build_id}-template", "the stack's template changed")
     url = d.url()
     if dry_run:
@@ -350,7 +352,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
             StagePlan("deploy", "would create", f"stack {d.name} with build {bp.build_id} live on blue")
         )
         return out
-    current = d.state(info)
+    current = d.observed(d.state(info))
     if image_id is None:
         idle = opposite(current.live) if current.live else "the idle colour"
         out.append(
@@ -365,7 +367,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
         return out
     s = settings.deploy
     if choice.kind == "nothing":
-        if d.live_template_differs():
+        if d.live_template_differs() or d.bounds_differ(info, current):
             _show_changes(d, current, f"plan-{bp.build_id}-template", "the stack's template changed")
             out.append(
                 StagePlan(
@@ -383,7 +385,7 @@ def plan(settings: Settings, clients: Clients, runtime: Runtime | None = None) -
         current,
         choice.target,
         release,
-        capacity(settings),
+        scaling.start_capacity(capacity(settings), current),
         s.weight_steps,
         s.bake_seconds,
         s.retention_seconds,

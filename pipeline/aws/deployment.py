@@ -13,11 +13,11 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, history, probe, rollout, stack, tags
+from pipeline.aws import cfn, history, probe, rollout, scaling, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.history import History
 from pipeline.aws.params import StackState
@@ -32,8 +32,9 @@ LOCAL_POLL_SECONDS = 1.0  # the local cloud checks its targets every second (AWS
 
 
 def capacity(settings: Settings) -> int:
-    """Instances per colour: ``deploy.capacity`` on AWS; ``local.capacity`` with the local AWS, whose
-    instances are VMs on this machine."""
+    """The first release's instances: ``deploy.capacity`` on AWS; ``local.capacity`` with the local
+    AWS, whose instances are VMs on this machine. (A later release starts at the live colour's size:
+    :func:`pipeline.aws.scaling.start_capacity`.)"""
     return settings.local.capacity if settings.aws.endpoint == "local" else settings.deploy.capacity
 
 
@@ -86,11 +87,14 @@ class Deployment:
         return self.info
 
     def state(self, info: cfn.StackInfo) -> StackState:
-        """The release state the stack's parameters describe; also loads its history."""
+        """The release state the stack's parameters describe (with the network and the groups' bounds
+        the settings give); also loads its history."""
         try:
             state = StackState.from_parameters(
                 info.parameters, self.settings.deploy.vpc_id, self.settings.deploy.subnet_ids
             )
+            lo, hi = scaling.bounds(self.settings)
+            state = replace(state, min_capacity=lo, max_capacity=hi)
         except (KeyError, ValueError) as err:
             raise DeployError(
                 f"stack {self.name}: its parameters do not describe a blue/green release ({err})",
@@ -143,6 +147,14 @@ class Deployment:
     def live_template_differs(self) -> bool:
         return bool(json.loads(self.deployed_template()) != json.loads(self.template))
 
+    def bounds_differ(self, info: cfn.StackInfo, state: StackState) -> bool:
+        """Whether the settings give the groups other bounds than the stack has (a change of
+        ``deploy.min_capacity``/``max_capacity`` is sent with the next update, like a template change)."""
+        lo, hi = info.parameters.get(scaling.MIN_PARAMETER), info.parameters.get(scaling.MAX_PARAMETER)
+        if lo is None or hi is None:
+            return False  # a template from before the bounds: it differs from the one sent now anyway
+        return (lo, hi) != (str(state.min_capacity), str(state.max_capacity))
+
     def begin(self) -> None:
         """Remember the stack as it is before the first change (what a failed rollout restores)."""
         if self.original is None and self.info is not None:
@@ -194,20 +206,24 @@ class Deployment:
             params[history.PARAMETER] = history.encode(history.trim(self.history, on_colours))
         return template, {k: v for k, v in params.items() if k in declared}
 
-    def apply(self, state: StackState, label: str, restoring: bool = False) -> None:
+    def apply(self, state: StackState, label: str, restoring: bool = False) -> StackState:
         """Update the stack to ``state`` (every parameter passed, the history included) and wait for
-        it. A no-op when the stack already has exactly these parameters and this run already sent the
+        it; return the state sent. A colour that keeps running its release is sent at the size its
+        group has now (:meth:`observed`), so the update never undoes what its scaling policy did. A
+        no-op when the stack already has exactly these parameters and this run already sent the
         template (``restoring``: when it has the template it had before this run)."""
         info = self.read()
         if info is None:
             raise DeployError(f"stack {self.name} disappeared during the rollout", hint="invoke status")
+        template, wanted = self.wanted(state, restoring)
+        state = self.observed(state, info, _limits(wanted))
         template, wanted = self.wanted(state, restoring)
         same = all(info.parameters.get(k) == v for k, v in wanted.items())
         if same and (
             json.loads(self.deployed_template()) == json.loads(template) if restoring else self.template_sent
         ):
             log.info("%s: stack already has these parameters", label)
-            return
+            return state
         ui.say(f"stack update: {label}")
         events = self.events(info.stack_id)
         changed = cfn.update(self.cf, self.name, template, _listed(wanted), self.stack_tags, self.role())
@@ -219,6 +235,7 @@ class Deployment:
                 f"stack {self.name}: CloudFormation found nothing to change in an update of its parameters",
                 hint="the template must use every parameter it declares; invoke synth and deploy again",
             )
+        return state
 
     def wait_stable(self) -> cfn.StackInfo | None:
         """Let an operation that is still running finish (after Ctrl-C during a wait)."""
@@ -236,12 +253,51 @@ class Deployment:
 
     def group_capacity(self, color: Color) -> int | None:
         """How many instances the colour's Auto Scaling group wants (None: no such group)."""
-        name = (self.info.outputs if self.info else {}).get(f"{color.capitalize()}ServerGroupName")
-        if not name:
-            return None
-        groups = self.clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=[name])
-        found = groups.get("AutoScalingGroups", [])
-        return int(found[0]["DesiredCapacity"]) if found else None
+        return self.group_capacities().get(color)
+
+    def group_capacities(self, info: cfn.StackInfo | None = None) -> dict[Color, int]:
+        """The desired capacity of each colour's group as Auto Scaling has it now (what a scaling
+        policy or a person set), one DescribeAutoScalingGroups for both."""
+        info = info or self.info
+        outputs = info.outputs if info is not None else {}
+        names = {outputs.get(f"{c.capitalize()}ServerGroupName", ""): c for c in COLORS}
+        names.pop("", None)
+        if not names:
+            return {}
+        groups = self.clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=list(names))
+        return {
+            names[g["AutoScalingGroupName"]]: int(g["DesiredCapacity"])
+            for g in groups.get("AutoScalingGroups", [])
+            if g["AutoScalingGroupName"] in names
+        }
+
+    def observed(
+        self, state: StackState, info: cfn.StackInfo | None = None, limits: tuple[int, int] | None = None
+    ) -> StackState:
+        """``state`` with each colour that keeps running its release (it runs it on instances in the
+        stack now, and ``state`` keeps it running) at the size its group wants now, within ``limits``
+        (default: ``state``'s bounds). The pipeline chooses a colour's size only when it starts or
+        stops it; in between the size is the scaling policy's (or a person's)."""
+        info = info or self.info
+        if info is None:
+            return state
+        try:
+            deployed = StackState.from_parameters(info.parameters)
+        except (KeyError, ValueError):
+            return state
+        keep = [
+            c
+            for c in COLORS
+            if state.side(c).capacity > 0
+            and deployed.side(c).capacity > 0
+            and state.side(c).release == deployed.side(c).release
+        ]
+        wants = self.group_capacities(info) if keep else {}
+        bounds = limits or (state.min_capacity, state.max_capacity)
+        for c in keep:
+            if c in wants:
+                state = state.with_side(c, replace(state.side(c), capacity=scaling.clamp(wants[c], bounds)))
+        return state
 
     # -- health -----------------------------------------------------------------------------------------
 
@@ -278,6 +334,15 @@ class Deployment:
             )
         except KeyError as err:
             raise DeployError(f"stack {self.name} has no output {err}", hint="invoke status") from err
+
+
+def _limits(params: Mapping[str, str]) -> tuple[int, int]:
+    """The (min, max) size of a running colour's group that ``params`` give (a template without such
+    parameters sizes a running colour by its capacity alone: any size goes)."""
+    lo, hi = params.get(scaling.MIN_PARAMETER), params.get(scaling.MAX_PARAMETER)
+    if lo is None or hi is None:
+        return (0, stack.MAX_CAPACITY)
+    return int(lo), int(hi)
 
 
 def _listed(params: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """The release state a stack's parameters carry (pure): per colour the image, build, instance type and
-virtualization it runs, its capacity and its share of the traffic. (Which instance types boot which
-images: :mod:`pipeline.aws.pv`.)
+virtualization it runs, its capacity and its share of the traffic; which colour scales, and the bounds
+of a running colour's group (:mod:`pipeline.aws.scaling`). (Which instance types boot which images:
+:mod:`pipeline.aws.pv`.)
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from pipeline.aws import scaling
 from pipeline.aws.tags import COLORS, Color
 from pipeline.images.devices import Virtualization
 
@@ -39,6 +41,11 @@ class StackState:
     green: Side
     vpc_id: str = ""
     subnet_ids: tuple[str, ...] = ()
+    # The bounds of a running colour's group (from the settings, like the network) and the colour
+    # whose scaling policy is in force (None: no colour scales, as during a rollout).
+    min_capacity: int = 1
+    max_capacity: int = 1
+    scaling: Color | None = None
 
     def side(self, color: Color) -> Side:
         return self.blue if color == "blue" else self.green
@@ -69,13 +76,16 @@ class StackState:
         if self.vpc_id:
             values["VpcId"] = self.vpc_id
             values["SubnetIds"] = ",".join(self.subnet_ids)
+        values.update(scaling.parameters(self))
         return [{"ParameterKey": k, "ParameterValue": v} for k, v in sorted(values.items())]
 
     @classmethod
     def from_parameters(
         cls, params: Mapping[str, str], vpc_id: str = "", subnet_ids: Sequence[str] = ()
     ) -> StackState:
-        """The state a stack's parameters describe; raises ``KeyError``/``ValueError`` if they do not."""
+        """The state a stack's parameters describe; raises ``KeyError``/``ValueError`` if they do not.
+        (The bounds are the caller's, from the settings.) A stack made before the scaling policy moved
+        with the releases has no ``ScalingColor``: its live colour is the one that scales."""
         sides: dict[str, Side] = {}
         for color in COLORS:
             p = color.capitalize()
@@ -89,4 +99,10 @@ class StackState:
                 virtualization="pv" if virt == "pv" else "hvm",
             )
             sides[color] = Side(release, int(params[f"{p}Capacity"]), int(params[f"{p}Weight"]))
-        return cls(sides["blue"], sides["green"], vpc_id, tuple(subnet_ids))
+        state = cls(sides["blue"], sides["green"], vpc_id, tuple(subnet_ids))
+        scales = params.get(scaling.PARAMETER)
+        if scales is None:
+            return replace(state, scaling=state.live)
+        if scales not in (*COLORS, scaling.NONE):
+            raise ValueError(f"{scaling.PARAMETER}={scales!r}")
+        return replace(state, scaling="blue" if scales == "blue" else "green" if scales == "green" else None)

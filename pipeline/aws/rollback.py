@@ -12,7 +12,9 @@ that colour holds, if it went live. A rollback that was interrupted is resumed b
 
 The traffic moves in one step, with the same health gate and bake as a deploy, and the colour that
 was live keeps its instances until its connections drained (at least the target groups'
-deregistration delay after the weight moved) and the retention passed.
+deregistration delay after the weight moved) and the retention passed. The colour returned to starts
+at the size the live colour has (or keeps its instances, if it still runs the release) and gets the
+scaling policy once it is live again (:mod:`pipeline.aws.scaling`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from pipeline import ui
-from pipeline.aws import cfn, history, preflight, pv, rollout, runner, stack
+from pipeline.aws import cfn, history, preflight, pv, rollout, runner, scaling, stack
 from pipeline.aws.calls import error_code, one_line_errors
 from pipeline.aws.deploy import Outcome, finish_steps, show_plan
 from pipeline.aws.deployment import Deployment, Runtime, capacity
@@ -124,7 +126,7 @@ def rollback(
             f"stack {d.name} does not exist: nothing to roll back", hint="invoke deploy creates it"
         )
     cfn.check_ready(info, d.name)
-    current = d.state(info)
+    current = d.observed(d.state(info))  # each running colour at the size its group has now
     past = d.history
     live = current.live
     release, resumed = choose(current, past, to, d.name)
@@ -174,14 +176,15 @@ def rollback(
     bake = s.bake_seconds
     # The colour that was live drains before it is scaled down, whatever the retention.
     retain = max(float(s.retention_seconds), stack.DEREGISTRATION_DELAY - bake)
-    steps = rollout.rollout_steps(current, target, release, capacity(settings), (100,), bake, retain)
+    start = scaling.start_capacity(capacity(settings), current)
+    steps = rollout.rollout_steps(current, target, release, start, (100,), bake, retain)
     if current.side(target).release != release:
         held = current.side(target).release.build_id
         ui.say(f"{target} holds build {held}: the AMI of build {release.build_id} goes back on it")
     show_plan(d, current, steps, f"rollback-{release.build_id}")
     if dry_run:
         return Outcome("planned", d.name, live, release.build_id, release.image_id, url)
-    d.preflight(capacity(settings))
+    d.preflight(start)
     if not runtime.confirm(f"return stack {d.name} to build {release.build_id} on {target}?"):
         raise DeployError(
             "rollback not confirmed: nothing was changed", hint="pass --yes to skip the question"

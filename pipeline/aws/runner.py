@@ -6,10 +6,11 @@ running, the "record" step as live (baked), and a rollback as rolled back (and w
 
 A rollback restores the stack as it was before this run: its template and every parameter (the
 network as well as the colours), not what the settings say now, so a bad setting that made the
-update fail is not sent again. The other colour gets all the traffic at its original capacity
-first; the target is scaled to 0 only after its connections drained. This holds even when the
-failed update stopped half-way: the restore is sent whenever the stack differs from what it was, and
-afterwards the live colour's group is checked to want its instances again.
+update fail is not sent again. The other colour gets all the traffic first, at the size its group
+has (never less: it kept its instances) and with the scaling policy; the target is scaled to 0 only
+after its connections drained. This holds even when the failed update stopped half-way: the restore
+is sent whenever the stack differs from what it was, and afterwards the live colour's group is
+checked to want its instances again.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ def run(
                 # Sent is as good as done: an interrupted update may still complete.
                 attempted = step.state
                 shifted = shifted or attempted.side(target).weight > 0
-                d.apply(step.state, step.label)
-                current = step.state
+                current = d.apply(step.state, step.label)
             elif step.kind == "wait_healthy":
                 ui.say(step.label)
                 d.gate().wait_healthy(d.subject(target, current), d.settings.deploy.health_timeout_seconds)
@@ -70,7 +70,7 @@ def run(
                 if hand_back and hand_back != entry.release.image_id:
                     done = history.handed_back(done, hand_back, entry.release.build_id)
                 d.history = done
-                d.apply(current, step.label)
+                current = d.apply(step.state or current, step.label)
                 settled = True
             elif step.kind == "retain":
                 ui.say(step.label)
@@ -144,9 +144,9 @@ def restore(d: Deployment, original: StackState, target: Color, now: StackState,
         d.apply(weights, f"roll back: {other} 100%, {target} 0% (its instances drain)", restoring=True)
         ui.say(f"waiting {stack.DEREGISTRATION_DELAY}s for {target}'s connections to drain")
         hold(d, stack.DEREGISTRATION_DELAY)
-    d.apply(final, f"roll back: {other} 100%, {target} 0 instances", restoring=True)
+    sent = d.apply(final, f"roll back: {other} 100%, {target} 0 instances", restoring=True)
     d.read()
-    wanted = original.side(other).capacity
+    wanted = sent.side(other).capacity
     have = d.group_capacity(other)
     if have is not None and have != wanted:
         raise DeployError(

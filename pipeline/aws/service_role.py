@@ -25,7 +25,7 @@ from dataclasses import replace
 from typing import Any
 
 from awacs import autoscaling as asg
-from awacs import ec2, iam
+from awacs import cloudwatch, ec2, iam
 from awacs import elasticloadbalancing as elb
 from awacs.aws import Allow, PolicyDocument, Principal, Statement
 from troposphere import Tags, Template
@@ -109,6 +109,9 @@ READS: tuple[Any, ...] = (
     elb.DescribeTargetHealth,
     asg.DescribeAutoScalingGroups,
     asg.DescribeScalingActivities,
+    # the scaling policies' provider: it reads the policy back, and checks the metric exists
+    asg.DescribePolicies,
+    cloudwatch.GetMetricData,
 )
 
 
@@ -353,6 +356,10 @@ def _groups(settings: Settings, account: str) -> list[Statement]:
                 asg.DetachLoadBalancerTargetGroups,
                 asg.SuspendProcesses,
                 asg.ResumeProcesses,
+                # the live colour's target tracking policy, moved with the release (its alarms are
+                # made by Auto Scaling's own service-linked role, not by this one)
+                asg.PutScalingPolicy,
+                asg.DeletePolicy,
             ],
             Resource=arn,
             Condition=condition(

@@ -21,7 +21,8 @@ Shape (see cfn/ for the rendered result):
   (IMDSv2 required, the scratch volume as a block device deleted with the instance, encrypted unless
   the instance type cannot attach encrypted volumes) and an Auto Scaling group with ELB health
   checks. (The 5xx watch during a rollout reads the target group's CloudWatch metric directly: an
-  alarm resource would be the same check, and moto's CloudFormation cannot create one.)
+  alarm resource would be the same check, and moto's CloudFormation cannot create one.) The groups'
+  sizes and the live colour's scaling policy: :mod:`pipeline.aws.scaling`.
 
 Logical ids are chosen so that each launch template sorts before its group (``BlueLaunchTemplate``,
 ``BlueServerGroup``): moto applies updates in template key order, and a group updated before its
@@ -53,7 +54,7 @@ from troposphere import (
 from troposphere import autoscaling as asg
 from troposphere import elasticloadbalancingv2 as elb
 
-from pipeline.aws import listeners, probe, pv, tags
+from pipeline.aws import listeners, probe, pv, scaling, tags
 from pipeline.aws.network import Network, ingress_from, network
 from pipeline.aws.probe import COLOR_HEADER as COLOR_HEADER  # where the health gate's header is named
 from pipeline.aws.tags import COLORS, Color
@@ -99,6 +100,8 @@ class StackParams:
     access_logs_bucket: str = ""
     health_path: str = HEALTH_PATH  # what the target groups check (app.health_path)
     idle_timeout_seconds: int = 60  # the load balancer's connection idle timeout (AWS's default)
+    scale_on: str = "none"  # deploy.scale_on: none, requests or cpu (pipeline.aws.scaling)
+    scale_target: int = 0  # the policy's target value
 
     @property
     def stack_name(self) -> str:
@@ -122,6 +125,8 @@ def params_for(settings: Settings) -> StackParams:
         access_logs_bucket=settings.deploy.access_logs_bucket,
         health_path=settings.app.health_path,
         idle_timeout_seconds=settings.deploy.idle_timeout_seconds,
+        scale_on=settings.deploy.scale_on,
+        scale_target=scaling.target_value(settings.deploy.scale_on, settings.deploy.scale_target),
     )
 
 
@@ -136,6 +141,7 @@ def blueprint(p: StackParams) -> Template:
     common = tags.scope(p.app, p.env, {tags.TARGET: p.target})
 
     color_params = {color: _color_parameters(t, color, p.target) for color in COLORS}
+    scaling.add_parameters(t, policies=p.scale_on != scaling.NONE)
     token = t.add_parameter(
         Parameter(
             probe.PARAMETER,
@@ -222,7 +228,9 @@ def blueprint(p: StackParams) -> Template:
 
     groups: dict[Color, Any] = {}
     for color in COLORS:
-        groups[color] = _color_resources(t, p, color, color_params[color], net, common)
+        groups[color], servers = _color_resources(t, p, color, color_params[color], net, common)
+        if p.scale_on != scaling.NONE:
+            scaling.add_policy(t, p.scale_on, p.scale_target, color, servers, groups[color], alb)
 
     for priority, color in enumerate(COLORS, start=1):
         t.add_resource(
@@ -364,7 +372,7 @@ def _color_resources(
     params: Mapping[str, Parameter],
     net: Network,
     common: Mapping[str, str],
-) -> elb.TargetGroup:
+) -> tuple[elb.TargetGroup, asg.AutoScalingGroup]:
     c = color.capitalize()
     is_pv = f"{c}IsPv"
     plain = f"{c}ScratchPlain"
@@ -451,9 +459,7 @@ def _color_resources(
             LaunchTemplate=asg.LaunchTemplateSpecification(
                 LaunchTemplateId=Ref(template), Version=GetAtt(template, "LatestVersionNumber")
             ),
-            MinSize=Ref(params["Capacity"]),
-            MaxSize=Ref(params["Capacity"]),
-            DesiredCapacity=Ref(params["Capacity"]),
+            **scaling.group_sizes(t, color, params["Capacity"]),
             VPCZoneIdentifier=net.subnets,
             TargetGroupARNs=[Ref(group)],
             HealthCheckType="ELB",
@@ -471,7 +477,7 @@ def _color_resources(
             Output(f"{c}ServerGroupName", Value=Ref(servers)),
         ]
     )
-    return group
+    return group, servers
 
 
 def render(p: StackParams) -> str:

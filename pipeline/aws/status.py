@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, gc, history
+from pipeline.aws import cfn, gc, history, scaling
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime
 from pipeline.aws.gc import GcPlan
@@ -31,6 +31,18 @@ class ColorStatus:
     instances: int
     targets: tuple[Target, ...]
     was_live: bool = True  # False: its release never went live (an unfinished or failed deploy)
+    # What its Auto Scaling group wants now (its scaling policy or a person may have changed it since
+    # the stack's last update set ``capacity``), within its bounds; and whether its policy is in force.
+    desired: int | None = None
+    bounds: tuple[int, int] | None = None
+    scales: bool = False
+
+    def size(self) -> str:
+        """The size for the status table: what the group wants, its bounds, whether it scales."""
+        n = self.capacity if self.desired is None else self.desired
+        if self.bounds is None or n == 0:
+            return str(n)
+        return f"{n} ({self.bounds[0]}-{self.bounds[1]}{', scales' if self.scales else ''})"
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,9 @@ class Status:
                     "instances": c.instances,
                     "targets": {t.target_id: t.state for t in c.targets},
                     "was_live": c.was_live,
+                    "desired": c.desired,
+                    "bounds": list(c.bounds) if c.bounds else None,
+                    "scales": c.scales,
                 }
                 for c in self.colors
             ],
@@ -79,11 +94,16 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
     source = d.source()
     groups = [info.outputs.get(f"{c.capitalize()}ServerGroupName", "") for c in COLORS]
     members: dict[str, set[str]] = {}
+    sizes: dict[str, tuple[int, int, int]] = {}  # group -> (desired, min, max)
     names = [g for g in groups if g]
     if names:
         resp = clients.autoscaling().describe_auto_scaling_groups(AutoScalingGroupNames=names)
         members = {
             g["AutoScalingGroupName"]: {i["InstanceId"] for i in g.get("Instances", [])}
+            for g in resp["AutoScalingGroups"]
+        }
+        sizes = {
+            g["AutoScalingGroupName"]: (int(g["DesiredCapacity"]), int(g["MinSize"]), int(g["MaxSize"]))
             for g in resp["AutoScalingGroups"]
         }
     rows = []
@@ -93,6 +113,7 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
         # The health of the group's own instances (an instance that left the group is deregistering).
         instances = members.get(group, set())
         targets = tuple(t for t in source.targets(arn) if t.target_id in instances) if arn else ()
+        size = sizes.get(group)
         rows.append(
             ColorStatus(
                 color=color,
@@ -105,6 +126,9 @@ def status(settings: Settings, clients: Clients, health: HealthSource | None = N
                 instances=len(instances),
                 targets=targets,
                 was_live=history.was_live(d.history, side.release.image_id),
+                desired=size[0] if size else None,
+                bounds=size[1:] if size else None,
+                scales=state.scaling == color and scaling.PARAMETER in info.parameters,
             )
         )
     return Status(d.name, info.status, d.url(info), state.live, tuple(rows))
@@ -125,7 +149,7 @@ def show_status(st: Status | None, stack_name: str) -> None:
                 c.image_id,
                 c.build_id,
                 f"{c.instance_type} ({c.virtualization})",
-                c.capacity,
+                c.size(),
                 c.instances,
                 _health_summary(c.targets),
             )

@@ -19,6 +19,11 @@ process that serves the local AWS, and in the tests' in-process moto) so that:
   operation that already ran returns that operation's result instead of failing (AlreadyExists, "No
   updates are to be performed") or running it again. A change set name already used on the stack is
   AlreadyExistsException otherwise, and an executed change set cannot be executed again.
+- **Auto Scaling** refuses a desired capacity outside the group's bounds: SetDesiredCapacity with
+  "New SetDesiredCapacity value 3 is above max value 2 for the AutoScalingGroup." (below: "below min
+  value"), UpdateAutoScalingGroup (and so a stack update of a group) with "Desired capacity:2 must be
+  between the specified min size:4 and max size:10" (the wordings AWS answers with, as reported in
+  kubernetes/autoscaler#943 and convox/praxis#258; moto takes any number).
 
 Every rule is idempotent to install, and replaying the local AWS's journal goes through the same rules.
 """
@@ -50,6 +55,7 @@ def apply() -> None:
     _ebs()
     _ec2()
     _cloudformation()
+    _autoscaling()
     EBSResponse._pipeline_rules = True  # type: ignore[attr-defined]
 
 
@@ -261,3 +267,48 @@ def _remember(resource: Any, token: str | None) -> None:
     """Keep the token of the last operation on a stack or change set (None: the request had none)."""
     if resource is not None:
         resource._pipeline_token = token
+
+
+# -- Auto Scaling ----------------------------------------------------------------------------------------
+
+
+def _autoscaling() -> None:
+    from moto.autoscaling.exceptions import ValidationError
+    from moto.autoscaling.models import AutoScalingBackend
+    from moto.autoscaling.responses import AutoScalingResponse
+
+    set_desired = AutoScalingResponse.set_desired_capacity
+
+    def set_desired_capacity(self: Any) -> Any:
+        group = self.autoscaling_backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+        wanted = self._get_int_param("DesiredCapacity")
+        if group is not None and wanted is not None:
+            if wanted > int(group.max_size):
+                raise ValidationError(
+                    f"New SetDesiredCapacity value {wanted} is above max value {group.max_size} "
+                    "for the AutoScalingGroup."
+                )
+            if wanted < int(group.min_size):
+                raise ValidationError(
+                    f"New SetDesiredCapacity value {wanted} is below min value {group.min_size} "
+                    "for the AutoScalingGroup."
+                )
+        return set_desired(self)
+
+    update = AutoScalingBackend.update_auto_scaling_group
+
+    def update_auto_scaling_group(self: Any, name: str, *args: Any, **kw: Any) -> Any:
+        group = self.autoscaling_groups.get(name)
+        desired, lo, hi = kw.get("desired_capacity"), kw.get("min_size"), kw.get("max_size")
+        if group is not None and desired is not None:
+            lo = int(group.min_size if lo is None else lo)
+            hi = int(group.max_size if hi is None else hi)
+            if not lo <= int(desired) <= hi:
+                raise ValidationError(
+                    f"Desired capacity:{desired} must be between the specified min size:{lo} "
+                    f"and max size:{hi}"
+                )
+        return update(self, name, *args, **kw)
+
+    AutoScalingResponse.set_desired_capacity = set_desired_capacity  # type: ignore[method-assign]
+    AutoScalingBackend.update_auto_scaling_group = update_auto_scaling_group  # type: ignore[method-assign]

@@ -11,10 +11,12 @@ cycle offline.
 - moto updates an ``AWS::ElasticLoadBalancingV2::ListenerRule`` whose ``ListenerArn`` changed in
   place, on its old listener; for CloudFormation that change requires replacement: a new rule on the
   new listener, then the old one deleted (a stack that gains an HTTPS listener moves its rules there).
-- moto updates an Auto Scaling group by deleting and creating it again. When the create fails (a bad
-  subnet, say), the stack still names the group it deleted, and every later update or rollback of
-  the stack fails with "AutoScalingGroup name not found". CloudFormation counts a resource that is
-  already gone as deleted; so does the local AWS.
+- moto deletes an Auto Scaling group of a stack that CloudFormation counts as already gone (a
+  failed update left it so) with "AutoScalingGroup name not found", so every later update or
+  rollback of the stack fails. CloudFormation counts a resource that is already gone as deleted; so
+  does the local AWS.
+- Auto Scaling groups updated in place, scaling policies, and resources that follow their conditions:
+  :mod:`pipeline.local.cfn_scaling`.
 
 :func:`apply` installs them. It must run in the process that serves the local AWS (it changes moto's
 in-memory classes); it is idempotent.
@@ -23,6 +25,8 @@ in-memory classes); it is idempotent.
 from __future__ import annotations
 
 from typing import Any
+
+from pipeline.local import cfn_scaling
 
 
 def apply() -> None:
@@ -45,6 +49,7 @@ def apply() -> None:
     _load_balancer_attributes()
     _rule_replacement()
     _tolerate_deleted_groups()
+    cfn_scaling.apply()
 
 
 def _attributes(properties: dict[str, Any]) -> dict[str, str]:
