@@ -78,3 +78,38 @@ def test_guests_get_their_disks_under_ec2_names_in_order(tmp_path: Path) -> None
     ]
     init = (m.run_dir / "overlay" / "init").read_text()
     assert 'for dev in $(cat "/etc/xen/guest-$1.devs")' in init
+
+
+def test_the_check_probes_the_apps_own_health_and_version_paths(tmp_path: Path) -> None:
+    """xen.check asks for what the target groups check (app.health_path) and the app's version path,
+    not fixed ones; an app that cannot say which build it is (version_path "") is probed for health only."""
+    import http.server
+    import threading
+    from types import SimpleNamespace
+
+    project = copy_project(tmp_path / "p")
+    settings = config.load(project, overrides=['app.health_path="/ready"', 'app.version_path="/build"'])
+    assert check.probe_paths(settings) == ("/ready", "/build")
+    assert check.probe_paths(config.load(project, overrides=['app.version_path=""'])) == ("/health",)
+
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200 if self.path in ("/ready", "/build") else 404)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        fake = SimpleNamespace(http_port=server.server_address[1], clock=lambda: 0.0, lines=[], running=True)
+        responses = check.probe(fake, "a", 5, check.Timer(lambda s: None), check.probe_paths(settings))  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+    assert [(r.path, r.status) for r in responses] == [("/ready", 200), ("/build", 200)]
+    assert asked == ["/ready", "/ready", "/build"]  # waited on the health path, then read both

@@ -4,8 +4,9 @@ The disk is the file that becomes the PV AMI. It is first checked the way PV-GRU
 (:func:`pipeline.xen.pvdisk.inspect`), then booted: Xen and dom0 in QEMU, the guest created with the
 PV-GRUB-compatible loader as its kernel and the volumes an instance of the AMI gets, under the names
 EC2 gives them (``pipeline/images/devices.py``: the disk as the root ``sda1``, vbd 2049, and a new
-blank scratch volume at its launch-template name, if the target has one), and the app's ``/health``
-and ``/version`` fetched from this host through a forwarded port. Then the guest is asked to shut down
+blank scratch volume at its launch-template name, if the target has one), and the app's health and
+version paths (``app.health_path``, ``app.version_path``) fetched from this host through a forwarded
+port. Then the guest is asked to shut down
 and the machine powered off. Each phase's time is recorded.
 
 Failures raise :class:`~pipeline.xen.machine.XenCheckFailed` with the console lines that show why
@@ -40,7 +41,14 @@ from pipeline.xen.machine import Guest, GuestDisk, XenCheckFailed, XenMachine
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
-PROBE_PATHS = ("/health", "/version")
+DEFAULT_PATHS = ("/health", "/version")  # app.health_path and app.version_path unless set
+
+
+def probe_paths(settings: Settings) -> tuple[str, ...]:
+    """The app's health path, then its version path when it has one (``app.*_path``)."""
+    return tuple(p for p in (settings.app.health_path, settings.app.version_path) if p)
+
+
 KEEP_RUNS = 10  # console logs of the last runs kept under .pipeline/xen/
 # The loader's own report (no menu.lst), and GRUB's when the boot entry fails (no such file, not a Xen
 # kernel): GRUB then waits at its menu, as GRUB 0.97 does, so its error line is the failure.
@@ -135,7 +143,8 @@ def check(
     cache: Path | None = None,
     validate: bool = True,
 ) -> CheckResult:
-    """Boot ``disk`` (default: the current build's pv disk) under Xen and GET /health and /version.
+    """Boot ``disk`` (default: the current build's pv disk) under Xen and GET the app's health and
+    version paths (``app.health_path``, ``app.version_path``).
 
     Returns the result with phase times when both answer 200; raises :class:`PipelineError` (bad
     disk, before anything boots) or :class:`XenCheckFailed` (with a console excerpt) otherwise.
@@ -156,7 +165,7 @@ def check(
         )
         with running(settings, r, test_host, [instance], timer) as machine:
             guest = boot_guest(machine, "a", disk, timer)
-            guest.responses = probe(machine, "a", r.timeouts.boot, timer)
+            guest.responses = probe(machine, "a", r.timeouts.boot, timer, probe_paths(settings))
             guest.outcome = "answered"
             stop_guest(machine, "a", timer)
         timer.lap("poweroff")
@@ -274,9 +283,11 @@ def probe(
     name: str,
     timeout: float,
     timer: Timer,
+    paths: tuple[str, ...] = DEFAULT_PATHS,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Response]:
-    """GET each of :data:`PROBE_PATHS` once the app answers /health with 200; fail if the guest dies."""
+    """GET each of ``paths`` once the app answers the first (its health path) with 200; fail if the
+    guest dies first."""
     base = f"http://127.0.0.1:{machine.http_port}"
     deadline = machine.clock() + timeout
     mark = len(machine.lines)
@@ -292,21 +303,21 @@ def probe(
                     hint=f"full console: {machine.run_dir / 'console.log'}",
                 )
         mark = len(machine.lines) - 1 if machine.lines else 0
-        response = _get(base, PROBE_PATHS[0])
+        response = _get(base, paths[0])
         if isinstance(response, Response) and response.status == 200:
             break
         last_error = response if isinstance(response, str) else f"HTTP {response.status}"
         if machine.clock() > deadline or not machine.running:
             raise XenCheckFailed(
-                f"xen: GET {PROBE_PATHS[0]} of guest {name} did not answer 200 within {timeout:.0f}s "
+                f"xen: GET {paths[0]} of guest {name} did not answer 200 within {timeout:.0f}s "
                 f"(last: {last_error})",
                 machine.excerpt(f"g{name}"),
                 hint=f"full console: {machine.run_dir / 'console.log'}",
             )
         sleep(1.0)
-    timer.lap("boot", f"GET {PROBE_PATHS[0]} answered 200")
+    timer.lap("boot", f"GET {paths[0]} answered 200")
     responses = []
-    for path in PROBE_PATHS:
+    for path in paths:
         got = _get(base, path)
         if not isinstance(got, Response) or got.status != 200:
             raise XenCheckFailed(
