@@ -38,3 +38,13 @@ def erlang_web_node(erlang_web_app: CompiledApp, tmp_path: Path) -> Iterator[Cal
             node.stop()
         finally:
             node.kill()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files that boot VMs first (each file keeps its own order): with the suite split over
+    workers one file at a time (``invoke test``), a long file started last would leave a worker idle
+    while it runs."""
+    booting = {
+        item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("xen")
+    }
+    items.sort(key=lambda item: item.path not in booting)
