@@ -18,8 +18,9 @@ import pytest
 from awstest import FakeClock, Recorder
 
 from pipeline import config, ui
-from pipeline.aws import deploy, history, rollback, stack
+from pipeline.aws import deploy, history, rollback
 from pipeline.aws import status as stack_status
+from pipeline.aws.colors import DEREGISTRATION_DELAY
 from pipeline.aws.deploy import Runtime
 from pipeline.config import Settings
 from pipeline.errors import DeployError
@@ -309,7 +310,7 @@ def test_an_automatic_rollback_moves_the_weight_first_and_scales_down_after_the_
     (t_weight, weights), (t_scale, scaled) = times[-2:]
     assert weights == {"blue": (v1, "1", "100"), "green": (v2, "1", "0")}
     assert scaled == {"blue": (v1, "1", "100"), "green": (v1, "0", "0")}
-    assert t_scale - t_weight >= stack.DEREGISTRATION_DELAY
+    assert t_scale - t_weight >= DEREGISTRATION_DELAY
 
 
 # -- a failed update that stopped half-way -----------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline import config
-from pipeline.aws import pv, stack
+from pipeline.aws import colors, pv, stack
 from pipeline.aws.params import Release, Side, StackState
 from pipeline.aws.stack import StackParams
 from pipeline.errors import ConfigError
@@ -135,7 +135,7 @@ def test_scratch_device_follows_the_image_target_and_virtualization(monkeypatch:
     def device(target: str, virtualization: str, storage: str = "auto") -> str:
         return "/dev/xvdb" if virtualization == "pv" else "/dev/sdb"
 
-    monkeypatch.setattr(stack, "scratch_device", device)
+    monkeypatch.setattr(colors, "scratch_device", device)
     data = template()["Resources"]["GreenLaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["BlockDeviceMappings"][0]["DeviceName"] == {"Fn::If": ["GreenIsPv", "/dev/xvdb", "/dev/sdb"]}
 
@@ -176,7 +176,7 @@ def test_groups_use_elb_health_checks_capacity_parameters_and_colour_tags() -> N
     for color in ("Blue", "Green"):
         group = t["Resources"][f"{color}ServerGroup"]["Properties"]
         assert group["HealthCheckType"] == "ELB"
-        assert group["HealthCheckGracePeriod"] == stack.GRACE_PERIOD
+        assert group["HealthCheckGracePeriod"] == colors.GRACE_PERIOD
         # a colour with instances runs between the stack's bounds, a colour with none at 0/0
         assert group["DesiredCapacity"] == {"Ref": f"{color}Capacity"}
         assert group["MinSize"] == {"Fn::If": [f"{color}Stopped", 0, {"Ref": "MinCapacity"}]}

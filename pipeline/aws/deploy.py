@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipeline import build, ui
-from pipeline.aws import ami, cfn, history, https, preflight, pv, rollout, runner, scaling, stack
+from pipeline.aws import ami, cfn, colors, history, https, preflight, pv, rollout, runner, scaling, stack
 from pipeline.aws.calls import one_line_errors
 from pipeline.aws.deployment import Deployment, Runtime, capacity
 from pipeline.aws.history import Entry, History
@@ -124,7 +124,7 @@ def finish_steps(current: StackState, past: History, live: Color, retention: flo
     """The rest of an interrupted retention: hold what is left of it, then scale the old colour down."""
     entry = history.current(past, live, current.side(live).release.image_id)
     since = now - entry.live_at if entry is not None and entry.was_live else 0.0
-    left = max(0.0, retention - since, stack.DEREGISTRATION_DELAY - since)
+    left = max(0.0, retention - since, colors.DEREGISTRATION_DELAY - since)
     return rollout.scale_down_steps(current, opposite(live), left)
 
 

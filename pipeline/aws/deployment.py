@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline import ui
-from pipeline.aws import cfn, history, probe, rollout, scaling, stack, tags
+from pipeline.aws import cfn, colors, history, probe, rollout, scaling, stack, tags
 from pipeline.aws.health import POLL_SECONDS, AwsHealth, HealthGate, HealthSource, Subject
 from pipeline.aws.history import History
 from pipeline.aws.params import StackState
@@ -341,7 +341,7 @@ def _limits(params: Mapping[str, str]) -> tuple[int, int]:
     parameters sizes a running colour by its capacity alone: any size goes)."""
     lo, hi = params.get(scaling.MIN_PARAMETER), params.get(scaling.MAX_PARAMETER)
     if lo is None or hi is None:
-        return (0, stack.MAX_CAPACITY)
+        return (0, colors.MAX_CAPACITY)
     return int(lo), int(hi)
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from pipeline import ui
-from pipeline.aws import cfn, history, preflight, pv, rollout, runner, scaling, stack
+from pipeline.aws import cfn, colors, history, preflight, pv, rollout, runner, scaling
 from pipeline.aws.calls import error_code, one_line_errors
 from pipeline.aws.deploy import Outcome, finish_steps, show_plan
 from pipeline.aws.deployment import Deployment, Runtime, capacity
@@ -175,7 +175,7 @@ def rollback(
     )
     bake = s.bake_seconds
     # The colour that was live drains before it is scaled down, whatever the retention.
-    retain = max(float(s.retention_seconds), stack.DEREGISTRATION_DELAY - bake)
+    retain = max(float(s.retention_seconds), colors.DEREGISTRATION_DELAY - bake)
     start = scaling.start_capacity(capacity(settings), current)
     steps = rollout.rollout_steps(current, target, release, start, (100,), bake, retain)
     if current.side(target).release != release:

@@ -20,7 +20,7 @@ import logging
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline import ui
-from pipeline.aws import calls, history, logs, rollout, stack
+from pipeline.aws import calls, colors, history, logs, rollout
 from pipeline.aws.deployment import Deployment
 from pipeline.aws.history import Entry
 from pipeline.aws.params import StackState
@@ -142,8 +142,8 @@ def restore(d: Deployment, original: StackState, target: Color, now: StackState,
     d.wait_stable()
     if shifted:
         d.apply(weights, f"roll back: {other} 100%, {target} 0% (its instances drain)", restoring=True)
-        ui.say(f"waiting {stack.DEREGISTRATION_DELAY}s for {target}'s connections to drain")
-        hold(d, stack.DEREGISTRATION_DELAY)
+        ui.say(f"waiting {colors.DEREGISTRATION_DELAY}s for {target}'s connections to drain")
+        hold(d, colors.DEREGISTRATION_DELAY)
     sent = d.apply(final, f"roll back: {other} 100%, {target} 0 instances", restoring=True)
     d.read()
     wanted = sent.side(other).capacity
