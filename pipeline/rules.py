@@ -1,6 +1,6 @@
 """What a setting must look like, by the rules of the place it ends up.
 
-Each rule is a predicate over one value plus the words the error uses for it. :mod:`pipeline.config`
+Each rule is a predicate over one value plus the words the error uses for it. :mod:`pipeline.settings`
 attaches them to fields; :mod:`pipeline.aws.preflight` checks the same ids against the AWS a task acts
 on. The rules are those of the consumer, cited next to each: a value that passes here is one that the
 init script, the boot line, CloudFormation, EC2 or KMS takes as meant (the templates still quote every
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pipeline.config import Settings
+    from pipeline.settings import Settings
 
 SHOW_MAX = 60  # characters of a bad value shown in an error (the rest is counted, not printed)
 AMI_NAME_MAX = 128  # EC2 RegisterImage: "3-128 alphanumeric characters, parentheses, ..."
