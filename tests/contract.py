@@ -455,15 +455,17 @@ def rule_problems(service: str, operation: str, params: Mapping[str, Any]) -> li
 
 
 def aws_operations(root: Path = REPO) -> dict[str, set[tuple[str, str]]]:
-    """The boto3 methods ``pipeline/aws`` and ``tasks.py`` call (``client.describe_images(``,
-    ``get_paginator("describe_snapshots")``) -> the (service, operation) pairs that method name can be."""
+    """The boto3 methods ``pipeline/aws``, the tasks (``pipeline/cli``, ``tasks.py``) call
+    (``client.describe_images(``, ``get_paginator("describe_snapshots")``) -> the (service, operation)
+    pairs that method name can be."""
     session = botocore.session.get_session()
     methods: dict[str, set[tuple[str, str]]] = {}
     for service in SERVICES:
         for op in session.get_service_model(service).operation_names:
             methods.setdefault(xform_name(op), set()).add((service, op))
     found: dict[str, set[tuple[str, str]]] = {}
-    for path in [*sorted((root / "pipeline" / "aws").glob("*.py")), root / "tasks.py"]:
+    tasks = [*sorted((root / "pipeline" / "cli").glob("*.py")), root / "tasks.py"]
+    for path in [*sorted((root / "pipeline" / "aws").glob("*.py")), *tasks]:
         text = path.read_text()
         for name in re.findall(r"\.(\w+)\(", text) + re.findall(r'get_paginator\("(\w+)"\)', text):
             if name in methods:

@@ -186,12 +186,12 @@ def test_sigterm_acts_like_ctrl_c_in_every_task() -> None:
 
     from invoke.exceptions import Exit
 
-    import tasks
+    from pipeline.cli.common import failures
 
     previous = signal.getsignal(signal.SIGTERM)
     reached = []
     try:
-        with pytest.raises(Exit) as stopped, tasks.failures():
+        with pytest.raises(Exit) as stopped, failures():
             try:
                 os.kill(os.getpid(), signal.SIGTERM)
                 signal.sigtimedwait([], 0)  # let the handler run

@@ -87,7 +87,7 @@ def test_a_port_served_by_another_checkout_or_another_program_is_refused(
 def test_state_survives_a_restart_with_the_same_ids_times_and_blocks(tmp_path: Path, monkeypatch) -> None:
     from invoke.context import MockContext
 
-    import tasks
+    from pipeline.cli.local import local_down
 
     root = tmp_path / "project"
     write_project(root)
@@ -129,7 +129,7 @@ def test_state_survives_a_restart_with_the_same_ids_times_and_blocks(tmp_path: P
         assert len(list((root / ".pipeline" / "local" / "blobs").iterdir())) == 2
 
         monkeypatch.chdir(root)
-        tasks.local_down(MockContext())
+        local_down(MockContext())
         assert server.status(settings) is None and not (root / ".pipeline" / "local" / "server.json").exists()
 
         assert server.ensure_running(settings) == url
@@ -150,7 +150,7 @@ def test_state_survives_a_restart_with_the_same_ids_times_and_blocks(tmp_path: P
         new_id = again.ec2().register_image(Name="after restart", RootDeviceName="/dev/xvda")["ImageId"]
         assert new_id not in (image_id, copy_id)
 
-        tasks.local_down(MockContext(), wipe=True)
+        local_down(MockContext(), wipe=True)
         server.ensure_running(settings)
         assert local.clients().ec2().describe_images(Owners=["self"])["Images"] == []
         assert pv.find_aki(local.clients().ec2(), "us-east-1") == "aki-5c21674b"

@@ -11,7 +11,7 @@ A deploy that was killed is resumed by the next deploy of the same build, from w
 release that never finished its bake at 100% is not taken for live, and an old colour left running
 is scaled down. (Rollback: :mod:`pipeline.aws.rollback`; status and destroy: :mod:`pipeline.aws.status`.)
 
-Nothing here prompts: the caller passes ``confirm`` (tasks.py asks the user, or ``--yes`` answers).
+Nothing here prompts: the caller passes ``confirm`` (the deploy task asks the user, or ``--yes`` answers).
 """
 
 from __future__ import annotations

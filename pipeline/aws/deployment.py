@@ -2,7 +2,7 @@
 judge a colour's health. (Running the steps of a rollout, with rollback on failure:
 :mod:`pipeline.aws.runner`.)
 
-Nothing here prompts: the caller passes ``confirm`` in :class:`Runtime` (tasks.py asks the user, or
+Nothing here prompts: the caller passes ``confirm`` in :class:`Runtime` (the task asks the user, or
 ``--yes`` answers). Waiting uses the injected ``sleep`` and ``clock``; the history's times come from
 ``now`` (the wall clock).
 """
@@ -48,7 +48,7 @@ class Runtime:
 
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
-    confirm: Callable[[str], bool] = _never  # asked before any change; tasks.py prompts or --yes
+    confirm: Callable[[str], bool] = _never  # asked before any change; the task prompts or --yes
     health: HealthSource | None = None  # None: ELBv2 target health, CloudWatch and HTTP probes
     now: Callable[[], float] = time.time  # the wall clock: when a release started and went live
 
