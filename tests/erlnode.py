@@ -247,3 +247,24 @@ def read_until_closed(sock: socket.socket) -> bytes:
 def status_of(raw: bytes) -> int:
     assert raw.startswith(b"HTTP/1.1 "), raw[:80]
     return int(raw[9:12])
+
+
+def hold(n: ErlangWebNode, count: int) -> list[socket.socket]:
+    """``count`` keep-alive connections, each answered once (so each is being served).
+
+    A connection the server has just answered and closed may still hold its slot for a moment, so a
+    503 here is retried until the slot is free.
+    """
+    held: list[socket.socket] = []
+
+    def served() -> socket.socket | None:
+        s = connect(n)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        if read_response(s)[0] == 200:
+            return s
+        s.close()
+        return None
+
+    for _ in range(count):
+        held.append(wait_for(served, 10, "a free connection slot"))
+    return held

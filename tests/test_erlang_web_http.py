@@ -15,6 +15,7 @@ from tests.erlnode import (
     Chars,
     ErlangWebNode,
     connect,
+    hold,
     read_response,
     read_until_closed,
     running,
@@ -352,20 +353,8 @@ def test_a_connection_that_sends_nothing_is_closed_after_request_timeout(node: E
 
 def test_connections_beyond_max_connections_get_503(erlang_web_node: Start) -> None:
     n = erlang_web_node(max_connections=2)
-    held: list[socket.socket] = []
-
-    def served() -> socket.socket | None:
-        # The start-up wait's own /health connection may still be counted for a moment after it closed.
-        s = connect(n)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        if read_response(s)[0] == 200:
-            return s
-        s.close()
-        return None
-
+    held = hold(n, 2)  # both are being served (and counted)
     try:
-        for _ in range(2):  # both are being served (and counted)
-            held.append(wait_for(served, 10, "a connection slot"))
         with connect(n) as third:
             third.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
             raw = read_until_closed(third)

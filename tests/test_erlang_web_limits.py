@@ -18,6 +18,7 @@ from pipeline.erlang import CompiledApp
 from tests.erlnode import (
     ErlangWebNode,
     connect,
+    hold,
     read_response,
     read_until_closed,
     running,
@@ -122,27 +123,6 @@ def test_a_404_to_head_has_no_body_and_keeps_the_connection_in_step(node: Erlang
 
 
 # -- past max_connections --------------------------------------------------------------------
-
-
-def hold(n: ErlangWebNode, count: int) -> list[socket.socket]:
-    """``count`` keep-alive connections, each answered once (so each is being served).
-
-    A connection the server has just answered and closed may still hold its slot for a moment, so a
-    503 here is retried until the slot is free.
-    """
-    held: list[socket.socket] = []
-
-    def served() -> socket.socket | None:
-        s = connect(n)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        if read_response(s)[0] == 200:
-            return s
-        s.close()
-        return None
-
-    for _ in range(count):
-        held.append(wait_for(served, 10, "a free connection slot"))
-    return held
 
 
 def test_past_max_connections_the_health_check_gets_its_real_answer(erlang_web_node: Start) -> None:
