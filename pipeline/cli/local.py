@@ -194,7 +194,7 @@ def xen_check(
     no_validate: bool = False,
     json: bool = False,
 ) -> None:
-    """Boot the build's PV disk as a Xen PV guest (Xen in QEMU) and GET /health and /version from it."""
+    """Boot the build's PV disk as a Xen PV guest (Xen in QEMU) and GET its health and version paths."""
 
     from pipeline.xen import check
     from pipeline.xen.machine import XenCheckFailed

@@ -6,8 +6,7 @@ PV-GRUB-compatible loader as its kernel and the volumes an instance of the AMI g
 EC2 gives them (``pipeline/images/devices.py``: the disk as the root ``sda1``, vbd 2049, and a new
 blank scratch volume at its launch-template name, if the target has one), and the app's health and
 version paths (``app.health_path``, ``app.version_path``) fetched from this host through a forwarded
-port. Then the guest is asked to shut down
-and the machine powered off. Each phase's time is recorded.
+port. Then the guest is asked to shut down and the machine powered off. Each phase's time is recorded.
 
 Failures raise :class:`~pipeline.xen.machine.XenCheckFailed` with the console lines that show why
 (the loader's "pvgrub: FAIL" line, GRUB's error, Xen's crash report); every phase has a deadline
